@@ -1,0 +1,36 @@
+# Quick start: `make run` (demo end to end) and `make test` (the test suite). Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+DEMO_SUBJECTS ?= 200
+
+.PHONY: run test demo lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU wheel pinned first: an unpinned torch would pull a multi-GB CUDA build (GPU users: see README).
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo/raw/labels: $(STAMP) scripts/make_demo_data.py
+	$(BIN)/python scripts/make_demo_data.py --out demo/raw --subjects $(DEMO_SUBJECTS) --seed 0
+	touch demo/raw/labels
+
+demo: demo/raw/labels
+
+run: demo/raw/labels
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results demo .snakemake

@@ -1,0 +1,59 @@
+"""Parquet reading and writing shared by every stage: schema version and stage parameters in file metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+METADATA_KEY = b"mmhealth"
+ROW_GROUP_SIZE = 8192
+
+
+def with_metadata(table: pa.Table, stage: str, params: dict[str, Any] | None = None) -> pa.Table:
+    """Attach schema version, producing stage and its parameters to the table's schema metadata."""
+    meta = dict(table.schema.metadata or {})
+    meta[METADATA_KEY] = json.dumps(
+        {"schema_version": SCHEMA_VERSION, "stage": stage, "params": params or {}}, sort_keys=True, default=str
+    ).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, stage: str, params: dict[str, Any] | None = None,
+                row_group_size: int = ROW_GROUP_SIZE) -> None:
+    """Write atomically (temp file + rename) so a killed job never leaves a half-written shard behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(with_metadata(table, stage, params), tmp, compression="zstd", row_group_size=row_group_size)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The mmhealth metadata block of a Parquet file written by `write_table`."""
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def read_tables(paths: Iterable[str | os.PathLike], columns: Sequence[str] | None = None) -> pa.Table:
+    """Concatenate Parquet files with one schema (empty shards included)."""
+    tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in paths]
+    if not tables:
+        raise ValueError("no Parquet files to read")
+    return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
+
+
+def write_partitioned(table: pa.Table, paths: Sequence[str | os.PathLike], shard_column: str, stage: str,
+                      params: dict[str, Any] | None = None) -> None:
+    """Write table rows into len(paths) files by the integer `shard_column`; every file is written, even empty."""
+    shard = table.column(shard_column)
+    for k, path in enumerate(paths):
+        part = table.filter(pc.equal(shard, k)).drop_columns([shard_column])
+        write_table(part, path, stage, params)

@@ -1,0 +1,90 @@
+"""Predict with a saved task folder on token shards: the test split in evaluation, or new data.
+
+New data goes through the same ingest and tokenize stages (with the tokenizer saved in the task folder);
+without labels every subject found in the shards is predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from bags import BagData, build_bags, load_modality_rows, read_labels
+from models import FusionClassifier, load_classifier
+from parquet_io import write_table
+from train import pick_device, predict_proba
+
+log = logging.getLogger("predict")
+EVAL_ROWS_PER_BAG = 64
+
+
+def unit_table(labels_path: str | None, split: str, data_subjects: np.ndarray) -> pa.Table:
+    """Labelled units of the split, or one unlabelled unit per subject present in the shards."""
+    if labels_path:
+        return read_labels(labels_path, split)
+    subjects = np.unique(data_subjects)
+    return pa.table({"subject_id": pa.array(subjects, pa.int64()), "record_id": pa.nulls(len(subjects), pa.string()),
+                     "label": pa.nulls(len(subjects), pa.string())})
+
+
+def load_units(model: FusionClassifier, tokens_root: str | Path, split: str,
+               labels_path: str | None) -> tuple[BagData, pa.Table]:
+    rows = {m: load_modality_rows(tokens_root, m, split) for m in model.spec.modalities}
+    units = unit_table(labels_path, split, np.concatenate([r.subject_id for r in rows.values()]))
+    classes = model.spec.classes
+    # Unlabelled units get class 0 as a placeholder; their `label` column stays null in the output.
+    labelled = units.column("label").null_count == 0
+    table = units if labelled else units.set_column(
+        units.schema.get_field_index("label"), "label", pa.array([classes[0]] * units.num_rows))
+    data, dropped = build_bags(table, classes, rows)
+    if dropped:
+        log.warning("%d %s units have no rows in %s and get no prediction", dropped, split, model.spec.modalities)
+    return data, units
+
+
+def predictions_frame(model: FusionClassifier, data: BagData, labelled: bool, batch_size: int = 32) -> pd.DataFrame:
+    prob = predict_proba(model, data, batch_size, max(EVAL_ROWS_PER_BAG, model.spec.max_rows_per_bag),
+                         pick_device())
+    classes = np.asarray(model.spec.classes, dtype=object)
+    return pd.DataFrame({
+        "subject_id": data.subject_id.astype(np.int64),
+        "record_id": data.record_id,
+        "label": classes[data.labels] if labelled else None,
+        "predicted": classes[prob.argmax(axis=1)] if len(prob) else [],
+        "probabilities": list(prob.astype(np.float32)),
+    })
+
+
+def write_predictions(frame: pd.DataFrame, path: str | Path, params: dict) -> None:
+    schema = pa.schema([("subject_id", pa.int64()), ("record_id", pa.string()), ("label", pa.string()),
+                        ("predicted", pa.string()), ("probabilities", pa.list_(pa.float32()))])
+    write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path, "predict", params)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--tokens-root", required=True, type=Path)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--labels", help="labels parquet from the split stage; omit for unlabelled new data")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    model = load_classifier(args.model_dir).to(pick_device())
+    data, _ = load_units(model, args.tokens_root, args.split, args.labels)
+    frame = predictions_frame(model, data, labelled=args.labels is not None)
+    write_predictions(frame, args.out, {"model": str(args.model_dir), "split": args.split})
+    log.info("%d predictions written to %s", len(frame), args.out)
+
+
+if __name__ == "__main__":
+    main()

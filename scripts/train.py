@@ -1,0 +1,264 @@
+"""Fine-tune one task: encoders f_k per modality, fusion head g, AdamW, early stopping on the val split.
+
+One loop for CPU and GPU (bf16 autocast on CUDA). The best epoch by validation loss is what gets saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from bags import BagData, build_bags, collate, load_modality_rows, read_labels
+from models import (
+    ClassifierSpec,
+    EncoderInit,
+    FusionClassifier,
+    apply_strategy,
+    merge_adapters,
+    new_encoder,
+    pretrained_encoder,
+)
+from parquet_io import read_metadata
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class FinetuneConfig:
+    """config `tasks.<t>.finetune`."""
+
+    strategy: str = "full"
+    epochs: int = 3
+    lr: float = 3e-4
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    patience: int = 2
+    max_rows_per_bag: int = 8
+    trainable_layers: int = 1
+    lora_r: int = 8
+    seed: int = 0
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs; plain fp32 on CPU, where bf16 is slower on most hosts."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {m: {k: v.to(device, non_blocking=True) for k, v in t.items()} for m, t in batch["inputs"].items()}
+
+
+def token_limits(tokens_root: Path, modality: str) -> tuple[int, int]:
+    """(vocab size, longest row) of a token modality, from its tokenizer and shard metadata."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokens_root / modality / "tokenizer" / "tokenizer.json")).get_vocab_size()
+    shard = next((tokens_root / modality / "train").glob("shard-*.parquet"))
+    max_length = int(read_metadata(shard).get("params", {}).get("max_length", 512))
+    return vocab, max_length
+
+
+def build_classifier(task: str, modalities: list[str], classes: list[str], model_spec: dict,
+                     cfg: FinetuneConfig, tokens_root: Path, train: BagData) -> FusionClassifier:
+    init = EncoderInit(**model_spec.get("init", {}))
+    encoders = {}
+    for m in modalities:
+        if "path" in model_spec:
+            encoders[m] = pretrained_encoder(model_spec["path"], dropout=cfg.dropout)
+            if m != "image":
+                vocab, _ = token_limits(tokens_root, m)
+                if vocab > encoders[m].config.vocab_size:
+                    raise ValueError(f"tokens of {m} use {vocab} ids but {model_spec['path']} knows "
+                                     f"{encoders[m].config.vocab_size}: set tokenize.{m}.tokenizer_path to it")
+        elif m == "image":
+            encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.rows[m].image_shape)
+        else:
+            vocab, max_length = token_limits(tokens_root, m)
+            encoders[m] = new_encoder(m, init, cfg.dropout, vocab_size=vocab, max_length=max_length)
+    width = max(int(e.config.hidden_size) for e in encoders.values())
+    spec = ClassifierSpec(task=task, modalities=modalities, classes=classes, fusion_dim=width,
+                          dropout=cfg.dropout, max_rows_per_bag=cfg.max_rows_per_bag,
+                          encoder_hidden={m: int(e.config.hidden_size) for m, e in encoders.items()})
+    model = FusionClassifier(spec, encoders)
+    apply_strategy(model, cfg.strategy, cfg.trainable_layers, cfg.lora_r)
+    return model
+
+
+def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norms (the usual transformer recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def warmup_then_linear(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = max(1, total_steps // 10)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))))
+
+
+@torch.no_grad()
+def predict_proba(model: FusionClassifier, data: BagData, batch_size: int, rows_per_bag: int,
+                  device: torch.device) -> np.ndarray:
+    """Class probabilities per unit, with evenly spaced rows when a bag is larger than rows_per_bag."""
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        units = np.arange(start, min(start + batch_size, len(data)))
+        batch = collate(data, units, rows_per_bag)
+        with autocast(device):
+            logits = model(to_device(batch, device), len(units))
+        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.spec.classes)), np.float32)
+
+
+def evaluate_split(model: FusionClassifier, data: BagData, cfg: FinetuneConfig, device: torch.device) -> dict:
+    prob = predict_proba(model, data, cfg.batch_size, 4 * cfg.max_rows_per_bag, device)
+    loss = float(-np.log(np.clip(prob[np.arange(len(data)), data.labels], 1e-7, 1)).mean())
+    auroc = math.nan
+    if len(np.unique(data.labels)) > 1:
+        auroc = float(roc_auc_score(data.labels, prob[:, 1]) if prob.shape[1] == 2 else
+                      roc_auc_score(data.labels, prob, multi_class="ovr"))
+    return {"loss": loss, "auroc": auroc}
+
+
+def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConfig, device: torch.device,
+        history_path: Path) -> dict:
+    """Train with early stopping on validation loss; leaves the best epoch's weights in `model`."""
+    rng = np.random.default_rng(cfg.seed)
+    model.to(device)
+    optimizer = optimizer_for(model, cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    scheduler = warmup_then_linear(optimizer, steps_per_epoch * cfg.epochs)
+    best = {"val_loss": math.inf, "epoch": 0}
+    best_state, stale = None, 0
+    with history_path.open("w") as history:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            started, losses = time.perf_counter(), []
+            order = rng.permutation(len(train))
+            for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", mininterval=5):
+                units = order[start:start + cfg.batch_size]
+                batch = collate(train, units, cfg.max_rows_per_bag, rng)
+                with autocast(device):
+                    logits = model(to_device(batch, device), len(units))
+                loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.item())
+            val = evaluate_split(model, val, cfg, device)
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+                   "val_auroc": val["auroc"], "lr": scheduler.get_last_lr()[0],
+                   "seconds": round(time.perf_counter() - started, 2), "units_per_s":
+                   round(len(train) / (time.perf_counter() - started), 1)}
+            history.write(json.dumps(row) + "\n")
+            history.flush()
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %.3f (%.1fs)", epoch,
+                     row["train_loss"], row["val_loss"], row["val_auroc"], row["seconds"])
+            if val["loss"] < best["val_loss"] - 1e-4:
+                best = {"val_loss": val["loss"], "val_auroc": val["auroc"], "epoch": epoch}
+                best_state, stale = copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    log.info("early stop: no val loss improvement for %d epochs", stale)
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return best
+
+
+def model_card(task: str, modalities: list[str], classes: list[str], cfg: FinetuneConfig, model_spec: dict,
+               best: dict, n_units: dict[str, int]) -> str:
+    import transformers
+
+    return f"""# mmhealth model: {task}
+
+- **Task**: classify {', '.join(modalities)} data of a subject (or record) into {classes}.
+- **Architecture**: per modality a transformers encoder (`encoder-<modality>/`, loads with
+  `AutoModel.from_pretrained`) whose [CLS] vectors are mean-pooled per subject/record, fused as
+  g(sum_k W_k f_k + b) by the head in `fusion_head.safetensors` (`mmhealth_model.json` describes it).
+- **Encoder source**: {model_spec.get('path', 'initialised from config ' + json.dumps(model_spec.get('init', {})))}
+- **Fine-tuning**: {json.dumps(asdict(cfg))}
+- **Data**: {n_units['train']} training and {n_units['val']} validation units, subject-level split;
+  inputs are the pipeline's token shards (tokenizer or preprocessor files sit in each encoder folder).
+- **Best epoch**: {best.get('epoch')} (validation loss {best.get('val_loss', float('nan')):.4f},
+  validation AUROC {best.get('val_auroc', float('nan')):.3f}). Test metrics: `eval/{task}/metrics.json`.
+- **Software**: torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}.
+
+## Intended use and limits
+Research use on data prepared by this workflow's ingest and tokenize stages with the same tokenizer. Not a
+medical device; validate on your own population before drawing conclusions. Subject ids are keyed pseudonyms.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--modalities", required=True, help="comma-separated")
+    parser.add_argument("--tokens-root", required=True, type=Path)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--model-json", default="{}")
+    parser.add_argument("--finetune-json", default="{}")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    torch.set_num_threads(args.threads)
+    cfg = FinetuneConfig(**json.loads(args.finetune_json))
+    model_spec = json.loads(args.model_json)
+    modalities = args.modalities.split(",")
+    torch.manual_seed(cfg.seed)
+    device = pick_device()
+
+    labels = read_labels(args.labels)
+    classes = sorted(set(labels.column("label").to_pylist()))
+    data = {}
+    for split in ("train", "val"):
+        rows = {m: load_modality_rows(args.tokens_root, m, split) for m in modalities}
+        data[split], dropped = build_bags(read_labels(args.labels, split), classes, rows)
+        log.info("%s: %d units (%d labelled units without any rows)", split, len(data[split]), dropped)
+        if len(data[split]) == 0:
+            raise ValueError(f"task {args.task}: no {split} units with data; check labels and inputs")
+
+    model = build_classifier(args.task, modalities, classes, model_spec, cfg, args.tokens_root, data["train"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("device %s, %d parameters (%d trainable), strategy %s", device,
+             sum(p.numel() for p in model.parameters()), trainable, cfg.strategy)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    best = fit(model, data["train"], data["val"], cfg, device, args.out_dir / "training.jsonl")
+    merge_adapters(model)
+    model.cpu().save(args.out_dir, {m: args.tokens_root / m / "tokenizer" for m in modalities})
+    (args.out_dir / "labels.json").write_text(json.dumps({"classes": classes}, indent=2) + "\n")
+    (args.out_dir / "README.md").write_text(model_card(args.task, modalities, classes, cfg, model_spec, best,
+                                                       {s: len(d) for s, d in data.items()}))
+    log.info("saved %s (best epoch %s)", args.out_dir, best.get("epoch"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+# Config validation, every output path, and every input function of the workflow.
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+REPO = Path(workflow.basedir)
+SCRIPTS = REPO / "scripts"
+ENVS = REPO / "envs"
+RESULTS = Path(config["results"])
+SHARDS = list(range(config["shards"]))
+SPLITS = ["train", "val", "test"]
+
+# Without conda, a job's `python` is the interpreter running Snakemake (the project's venv), even when the
+# venv is not activated; with --sdm conda each rule's env puts its own python first.
+envvars:
+    "PATH",
+
+
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+# Raw input that feeds each ingested modality; text and ehr tokens both come from the ehr events.
+INGEST_INPUT = {"image": "dicom", "dna": "fasta", "ehr": "ehr"}
+TOKEN_SOURCE = {"image": "image", "dna": "dna", "text": "ehr", "ehr": "ehr"}
+INGESTED = [m for m, key in INGEST_INPUT.items() if config["inputs"].get(key)]
+TASKS = sorted(config["tasks"])
+
+
+def _check_config():
+    """Cross-key checks JSON Schema cannot express; fail before any job with the key named."""
+    fractions = config["split"]
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"config key 'split': fractions must sum to 1, got {fractions}")
+    for task, spec in config["tasks"].items():
+        for modality in spec["modalities"]:
+            if TOKEN_SOURCE[modality] not in INGESTED:
+                raise ValueError(
+                    f"config key 'tasks.{task}.modalities': '{modality}' needs "
+                    f"'inputs.{INGEST_INPUT[TOKEN_SOURCE[modality]]}', which is not set"
+                )
+        if "path" in spec["model"] and len(spec["modalities"]) > 1:
+            raise ValueError(f"config key 'tasks.{task}.model.path': only for single-modality tasks")
+    salt = Path(config["privacy"]["salt_file"]).resolve()
+    if salt.is_relative_to(RESULTS.resolve()):
+        raise ValueError("config key 'privacy.salt_file': the pseudonym key must not live under results")
+
+
+_check_config()
+TOKENIZED = sorted({m for spec in config["tasks"].values() for m in spec["modalities"]})
+
+wildcard_constraints:
+    modality="image|dna|text|ehr",
+    split="train|val|test",
+    shard=r"\d+",
+    task="|".join(TASKS) or "no-task",
+
+
+# ---- output paths: the only place result paths are built ----
+def result(*parts):
+    return str(RESULTS.joinpath(*map(str, parts)))
+
+
+def log_path(*parts):
+    return result("logs", *parts[:-1], f"{parts[-1]}.log")
+
+
+def benchmark_path(*parts):
+    return result("benchmarks", *parts[:-1], f"{parts[-1]}.tsv")
+
+
+def ingest_parts(modality):
+    return [result("ingest", modality, f"part-{k}.parquet") for k in SHARDS]
+
+
+def ingest_part(modality, shard):
+    return result("ingest", modality, f"part-{shard}.parquet")
+
+
+def tokenizer_dir(modality):
+    return result("tokens", modality, "tokenizer")
+
+
+def token_shard(modality, split, shard):
+    return result("tokens", modality, split, f"shard-{shard}.parquet")
+
+
+def subjects_table():
+    return result("splits", "subjects.parquet")
+
+
+def task_labels(task):
+    return result("splits", "labels", f"{task}.parquet")
+
+
+def model_dir(task):
+    return result("models", task)
+
+
+def eval_file(task, name):
+    return result("eval", task, name)
+
+
+def summary_report():
+    return result("report.html")
+
+
+def all_outputs(stage):
+    """Everything a target rule (ingest ... report) asks for."""
+    if stage == "ingest":
+        return [result("ingest", m, "manifest.json") for m in INGESTED]
+    if stage == "split":
+        return [subjects_table(), *[task_labels(t) for t in TASKS]]
+    if stage == "tokenize":
+        return [token_shard(m, s, k) for m in TOKENIZED for s in SPLITS for k in SHARDS]
+    if stage == "train":
+        return [model_dir(t) for t in TASKS]
+    if stage == "evaluate":
+        return [eval_file(t, "metrics.json") for t in TASKS]
+    if stage == "report":
+        return [summary_report(), *all_outputs("evaluate")]
+    raise ValueError(stage)
+
+
+# ---- code each stage runs: an input, so editing it re-runs the stage (mtime trigger) ----
+STAGE_CODE = {
+    "ingest_dicom": ["ingest_dicom.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
+    "ingest_fasta": ["ingest_fasta.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
+    "ingest_ehr": ["ingest_ehr.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
+    "split": ["subject_split.py", "pseudonym.py", "parquet_io.py"],
+    "labels": ["task_labels.py", "pseudonym.py", "parquet_io.py"],
+    "fit_tokenizer": ["fit_tokenizer.py", "tokenize_{modality}.py", "parquet_io.py"],
+    "tokenize": ["tokenize_shard.py", "tokenize_{modality}.py", "parquet_io.py"],
+    "train": ["train.py", "models.py", "bags.py", "parquet_io.py"],
+    "evaluate": ["evaluate.py", "predict.py", "models.py", "bags.py", "metrics.py", "baseline.py",
+                 "report_task.py", "parquet_io.py"],
+    "report": ["report_all.py"],
+}
+
+
+def stage_code(stage):
+    """The stage's entry script first, then the modules it imports."""
+    return [str(SCRIPTS / name) for name in STAGE_CODE[stage]]
+
+
+def env(name):
+    return str(ENVS / f"{name}.yaml")
+
+
+def as_json(value):
+    """A config value as one shell-quotable JSON argument (params are quoted with :q in rules)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# ---- input functions ----
+def raw_files(key):
+    """Every file under a raw input folder: a new or changed file re-runs that modality's ingestion."""
+    root = config["inputs"].get(key)
+    if not root:
+        return []
+    if not os.path.isdir(root):
+        raise ValueError(f"config key 'inputs.{key}': folder {root} does not exist")
+    return sorted(
+        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if not f.startswith(".")
+    )
+
+
+def ehr_tables(wildcards):
+    return [table["path"] for table in config["inputs"]["ehr"]]
+
+
+def ingested_parts(wildcards):
+    return [p for m in INGESTED for p in ingest_parts(m)]
+
+
+def tokenizer_inputs(wildcards):
+    return ingest_parts(TOKEN_SOURCE[wildcards.modality])
+
+
+def tokenize_shard_input(wildcards):
+    return ingest_part(TOKEN_SOURCE[wildcards.modality], wildcards.shard)
+
+
+def tokenize_params(wildcards):
+    return as_json(config["tokenize"][wildcards.modality])
+
+
+def task_modalities(task):
+    return config["tasks"][task]["modalities"]
+
+
+def task_shards(task, splits):
+    return [token_shard(m, s, k) for m in task_modalities(task) for s in splits for k in SHARDS]
+
+
+def train_inputs(wildcards):
+    return {
+        "shards": task_shards(wildcards.task, ["train", "val"]),
+        "tokenizers": [tokenizer_dir(m) for m in task_modalities(wildcards.task)],
+        "labels": task_labels(wildcards.task),
+        "code": stage_code("train"),
+    }
+
+
+def evaluate_inputs(wildcards):
+    return {
+        "model": model_dir(wildcards.task),
+        "shards": task_shards(wildcards.task, ["train", "test"]),
+        "labels": task_labels(wildcards.task),
+        "code": stage_code("evaluate"),
+        "ehr": ingest_parts("ehr") if "ehr" in INGESTED else [],
+    }
+
+
+def task_spec_json(wildcards, key):
+    return as_json(config["tasks"][wildcards.task].get(key, {}))
+
+
+def fit_tokenizer_code(wildcards):
+    return [s.format(modality=wildcards.modality) for s in stage_code("fit_tokenizer")]
+
+
+def tokenize_code(wildcards):
+    return [s.format(modality=wildcards.modality) for s in stage_code("tokenize")]
+
+
+def labels_file(wildcards):
+    return config["tasks"][wildcards.task]["labels"]
+
+
+def task_modalities_csv(wildcards):
+    return ",".join(task_modalities(wildcards.task))
+
+
+def model_params(wildcards):
+    return task_spec_json(wildcards, "model")
+
+
+def finetune_params(wildcards):
+    return task_spec_json(wildcards, "finetune")
+
+
+# ---- params derived from a job's own files (no hard-coded result prefixes in rules) ----
+def folder_of_manifest(wildcards, output):
+    return os.path.dirname(output.manifest)
+
+
+def folder_of_metrics(wildcards, output):
+    return os.path.dirname(output.metrics)
+
+
+def tokens_root_of(wildcards, input):
+    """results/tokens from any token shard results/tokens/<modality>/<split>/shard-<k>.parquet."""
+    return str(Path(input.shards[0]).parents[2])
+
+
+def raw_root(key):
+    """Param function: the configured raw folder (a function, as the folder may hold no file yet)."""
+
+    def root(wildcards):
+        return config["inputs"][key]
+
+    return root

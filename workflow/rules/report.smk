@@ -1,0 +1,25 @@
+# One page over all tasks.
+
+
+rule summary_report:
+    input:
+        metrics=all_outputs("evaluate"),
+        code=stage_code("report"),
+    output:
+        summary_report(),
+    log:
+        log_path("report", "summary"),
+    conda:
+        env("evaluate")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python {input.code[0]:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule report:
+    localrule: True
+    input:
+        all_outputs("report"),

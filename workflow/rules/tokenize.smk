@@ -1,0 +1,60 @@
+# Tokenisers fitted on the train split only; then one job per ingest shard writes its train/val/test rows.
+
+
+rule fit_tokenizer:
+    input:
+        parts=tokenizer_inputs,
+        splits=subjects_table(),
+        code=fit_tokenizer_code,
+    output:
+        directory(tokenizer_dir("{modality}")),
+    params:
+        tokenize=tokenize_params,
+    log:
+        log_path("tokenize", "{modality}", "fit"),
+    benchmark:
+        benchmark_path("tokenize", "{modality}", "fit")
+    conda:
+        env("tokenize")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python {input.code[0]:q} --modality {wildcards.modality} --ingest-parts {input.parts:q}"
+        " --splits {input.splits:q} --out-dir {output:q} --params-json {params.tokenize:q} > {log:q} 2>&1"
+
+
+rule tokenize_shard:
+    input:
+        part=tokenize_shard_input,
+        splits=subjects_table(),
+        tokenizer=tokenizer_dir("{modality}"),
+        code=tokenize_code,
+    output:
+        train=token_shard("{modality}", "train", "{shard}"),
+        val=token_shard("{modality}", "val", "{shard}"),
+        test=token_shard("{modality}", "test", "{shard}"),
+    params:
+        tokenize=tokenize_params,
+    log:
+        log_path("tokenize", "{modality}", "shard-{shard}"),
+    benchmark:
+        benchmark_path("tokenize", "{modality}", "shard-{shard}")
+    conda:
+        env("tokenize")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python {input.code[0]:q} --modality {wildcards.modality} --ingest-part {input.part:q}"
+        " --splits {input.splits:q} --tokenizer-dir {input.tokenizer:q} --out-train {output.train:q}"
+        " --out-val {output.val:q} --out-test {output.test:q} --params-json {params.tokenize:q}"
+        " > {log:q} 2>&1"
+
+
+rule tokenize:
+    localrule: True
+    input:
+        all_outputs("tokenize"),

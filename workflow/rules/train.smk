@@ -1,0 +1,34 @@
+# One fine-tuning job per task (several modalities = late fusion); the model folder is the artifact.
+
+
+rule finetune:
+    input:
+        unpack(train_inputs),
+    output:
+        directory(model_dir("{task}")),
+    params:
+        model=model_params,
+        finetune=finetune_params,
+        modalities=task_modalities_csv,
+        tokens_root=tokens_root_of,
+    log:
+        log_path("train", "{task}"),
+    benchmark:
+        benchmark_path("train", "{task}")
+    conda:
+        env("train")
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "python {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
+        " --tokens-root {params.tokens_root:q} --labels {input.labels:q} --model-json {params.model:q}"
+        " --finetune-json {params.finetune:q} --threads {threads} --out-dir {output:q} > {log:q} 2>&1"
+
+
+rule train:
+    localrule: True
+    input:
+        all_outputs("train"),
