@@ -149,8 +149,23 @@ def stage_code(stage):
     return [str(SCRIPTS / name) for name in STAGE_CODE[stage]]
 
 
-def env(name):
-    return str(ENVS / f"{name}.yaml")
+# The pinned conda env of each stage (tests/test_envs.py checks it provides every import of the stage's code).
+STAGE_ENV = {
+    "ingest_dicom": "ingest",
+    "ingest_fasta": "ingest",
+    "ingest_ehr": "ingest",
+    "split": "ingest",
+    "labels": "ingest",
+    "fit_tokenizer": "tokenize",
+    "tokenize": "tokenize",
+    "train": "train",
+    "evaluate": "train",
+    "report": "report",
+}
+
+
+def stage_env(stage):
+    return str(ENVS / f"{STAGE_ENV[stage]}.yaml")
 
 
 def as_json(value):
@@ -165,7 +180,7 @@ def raw_files(key):
     if not root:
         return []
     if not os.path.isdir(root):
-        raise ValueError(f"config key 'inputs.{key}': folder {root} does not exist")
+        return [root]  # Snakemake then stops with "Missing input files ... <root>" before any job
     return sorted(
         os.path.join(d, f) for d, _, files in os.walk(root) for f in files if not f.startswith(".")
     )

@@ -19,7 +19,7 @@ rule evaluate_task:
     benchmark:
         benchmark_path("evaluate", "{task}")
     conda:
-        env("evaluate")
+        stage_env("evaluate")
     threads: 1
     resources:
         mem_mb=4000,

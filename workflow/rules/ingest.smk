@@ -20,7 +20,7 @@ rule ingest_dicom:
     benchmark:
         benchmark_path("ingest", "image")
     conda:
-        env("ingest")
+        stage_env("ingest_dicom")
     threads: 1
     resources:
         mem_mb=4000,
@@ -53,7 +53,7 @@ rule ingest_fasta:
     benchmark:
         benchmark_path("ingest", "dna")
     conda:
-        env("ingest")
+        stage_env("ingest_fasta")
     threads: 1
     resources:
         mem_mb=2000,
@@ -83,7 +83,7 @@ rule ingest_ehr:
     benchmark:
         benchmark_path("ingest", "ehr")
     conda:
-        env("ingest")
+        stage_env("ingest_ehr")
     threads: 1
     resources:
         mem_mb=4000,

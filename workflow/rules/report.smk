@@ -10,7 +10,7 @@ rule summary_report:
     log:
         log_path("report", "summary"),
     conda:
-        env("evaluate")
+        stage_env("report")
     threads: 1
     resources:
         mem_mb=1000,

@@ -12,7 +12,7 @@ rule subject_split:
     log:
         log_path("split", "subjects"),
     conda:
-        env("ingest")
+        stage_env("split")
     threads: 1
     resources:
         mem_mb=2000,
@@ -35,7 +35,7 @@ rule task_labels:
     log:
         log_path("split", "labels", "{task}"),
     conda:
-        env("ingest")
+        stage_env("labels")
     threads: 1
     resources:
         mem_mb=1000,

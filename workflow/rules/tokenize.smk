@@ -15,7 +15,7 @@ rule fit_tokenizer:
     benchmark:
         benchmark_path("tokenize", "{modality}", "fit")
     conda:
-        env("tokenize")
+        stage_env("fit_tokenizer")
     threads: 1
     resources:
         mem_mb=4000,
@@ -42,7 +42,7 @@ rule tokenize_shard:
     benchmark:
         benchmark_path("tokenize", "{modality}", "shard-{shard}")
     conda:
-        env("tokenize")
+        stage_env("tokenize")
     threads: 1
     resources:
         mem_mb=4000,

@@ -16,7 +16,7 @@ rule finetune:
     benchmark:
         benchmark_path("train", "{task}")
     conda:
-        env("train")
+        stage_env("train")
     threads: 2
     resources:
         gpu=1,
