@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.compute as pc
 import torch
 
 import baseline
@@ -18,22 +17,9 @@ import metrics
 import predict
 from bags import read_labels
 from models import load_classifier
-from parquet_io import read_tables
-from report_task import write_task_report
+from report_task import read_training_log, sex_subgroups, write_task_report
 
 log = logging.getLogger("evaluate")
-
-
-def sex_subgroups(ehr_parts: list[str], subject_ids) -> pd.DataFrame | None:
-    """subject_id -> sex from `SEX//<value>` events, for the subgroup table; None without EHR input."""
-    if not ehr_parts:
-        return None
-    events = read_tables(ehr_parts, columns=["subject_id", "code"])
-    sex = events.filter(pc.starts_with(events.column("code"), "SEX//")).to_pandas()
-    sex = sex[sex["subject_id"].isin(set(subject_ids))].drop_duplicates("subject_id")
-    if sex.empty:
-        return None
-    return pd.DataFrame({"subject_id": sex["subject_id"].to_numpy(), "sex": sex["code"].str[5:].to_numpy()})
 
 
 def scored(frame: pd.DataFrame, classes: list[str], n_boot: int, seed: int) -> dict:
@@ -63,10 +49,10 @@ def evaluate_task(task: str, modalities: list[str], model_dir: Path, tokens_root
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics.json_safe(result), indent=2, allow_nan=False) + "\n")
     predict.write_predictions(predictions, out_dir / "predictions.parquet", {"task": task, "split": "test"})
-    history_path = model_dir / "training.jsonl"
-    history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.exists() else None
     write_task_report(task, result, predictions, classes, out_dir / "report.html",
-                      subgroups=sex_subgroups(ehr_parts, predictions["subject_id"]), training_log=history)
+                      subgroups=sex_subgroups(ehr_parts) if ehr_parts else None,
+                      training_log=read_training_log(model_dir / "training.jsonl"),
+                      baseline_predictions=baseline_predictions)
     return result
 
 
