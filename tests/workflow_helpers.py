@@ -1,0 +1,39 @@
+"""Running the real Snakemake on tiny generated data: shared by the workflow and cluster tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+TASKS = ["lesion_ct", "variant_dna", "finding_note", "diabetes_ehr", "composite_risk"]
+def tiny_config(raw: Path) -> dict:
+    """The demo config shrunk to seconds: same tasks and inputs, tiny models, one epoch."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    text = json.dumps(config).replace("demo/raw", str(raw))
+    config = json.loads(text)
+    config.update(shards=2, split={"train": 0.5, "val": 0.25, "test": 0.25},
+                  evaluate={"bootstrap": 50, "seed": 0})
+    config["ingest"]["dicom"]["image_size"] = 16
+    config["tokenize"]["image"]["size"] = 16
+    config["tokenize"]["text"]["vocab_size"] = 300
+    for task in config["tasks"].values():
+        task["model"] = {"init": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 4}}
+        task["finetune"].update(epochs=1, patience=1, batch_size=8, max_rows_per_bag=2)
+    return config
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+    if check and done.returncode:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
+    return done
