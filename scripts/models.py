@@ -17,8 +17,6 @@ from torch import nn
 
 HEAD_FILE = "fusion_head.safetensors"
 SPEC_FILE = "mmhealth_model.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor.json",
-                   "numeric_bins.json", "vocab.txt")
 
 
 @dataclass
@@ -135,10 +133,11 @@ class FusionClassifier(nn.Module):
         for modality, encoder in self.encoders.items():
             target = encoder_dir(folder, modality)
             encoder.save_pretrained(target, safe_serialization=True)
-            for name in TOKENIZER_FILES:
-                source = Path(tokenizer_dirs[modality], name)
-                if source.exists():
-                    shutil.copy2(source, target / name)
+            written = {p.name for p in target.iterdir()}
+            # The tokenizer (or image preprocessor) travels with its encoder: the folder alone can predict.
+            for source in Path(tokenizer_dirs[modality]).iterdir():
+                if source.is_file() and source.name not in written:
+                    shutil.copy2(source, target / source.name)
         save_file(self.head_state(), folder / HEAD_FILE)
         self.spec.save(folder)
 

@@ -136,7 +136,7 @@ STAGE_CODE = {
     "split": ["subject_split.py", "pseudonym.py", "parquet_io.py"],
     "labels": ["task_labels.py", "pseudonym.py", "parquet_io.py"],
     "fit_tokenizer": ["fit_tokenizer.py", "tokenize_{modality}.py", "parquet_io.py"],
-    "tokenize": ["tokenize_shard.py", "tokenize_{modality}.py", "parquet_io.py"],
+    "tokenize": ["tokenize_shard.py", "fit_tokenizer.py", "tokenize_{modality}.py", "parquet_io.py"],
     "train": ["train.py", "models.py", "bags.py", "parquet_io.py"],
     "evaluate": ["evaluate.py", "predict.py", "models.py", "bags.py", "metrics.py", "baseline.py",
                  "report_task.py", "parquet_io.py"],
@@ -169,8 +169,20 @@ def stage_env(stage):
 
 
 def as_json(value):
-    """A config value as one shell-quotable JSON argument (params are quoted with :q in rules)."""
+    """A config value as one JSON argument (quoted with :q in rules).
+
+    Only ever returned from param functions: Snakemake formats plain string params with wildcards,
+    which would choke on JSON braces and on code templates like "SEX//{sex}".
+    """
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def ehr_tables_json(wildcards):
+    return as_json(config["inputs"]["ehr"])
+
+
+def split_fractions_json(wildcards):
+    return as_json(config["split"])
 
 
 # ---- input functions ----

@@ -74,7 +74,7 @@ rule ingest_ehr:
         quarantine=result("ingest", "ehr", "quarantine.parquet"),
         manifest=result("ingest", "ehr", "manifest.json"),
     params:
-        tables=as_json(config["inputs"]["ehr"]),
+        tables=ehr_tables_json,
         salt=config["privacy"]["salt_file"],
         out_dir=folder_of_manifest,
         shards=config["shards"],

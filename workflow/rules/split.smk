@@ -8,7 +8,7 @@ rule subject_split:
     output:
         subjects_table(),
     params:
-        fractions=as_json(config["split"]),
+        fractions=split_fractions_json,
     log:
         log_path("split", "subjects"),
     conda:

@@ -1,0 +1,148 @@
+"""Clinical notes (EHR events with a text_value) to WordPiece token windows.
+
+The tokenizer is a `tokenizers` WordPiece (BERT normaliser and pre-tokenizer) trained on train-split notes,
+or a local pretrained tokenizer copied as is. A note longer than one model input becomes several
+overlapping `[CLS] ... [SEP]` windows that share the note's record_id, so nothing is truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from fit_tokenizer import SPECIAL_TOKENS, ids_table, save_fast_tokenizer
+
+log = logging.getLogger("tokenize_text")
+
+
+@dataclass(frozen=True)
+class TextParams:
+    """Config `tokenize.text`."""
+
+    vocab_size: int = 4000  # WordPiece vocabulary, specials included
+    min_frequency: int = 2  # a merge must occur this often in train notes
+    max_length: int = 128  # tokens per window, [CLS] and [SEP] included
+    stride: int = 32  # tokens shared by consecutive windows of one note
+    lowercase: bool = True
+    tokenizer_path: str | None = None  # local pretrained tokenizer folder used instead of fitting
+
+    def __post_init__(self) -> None:
+        if self.max_length < 3:
+            raise ValueError(f"tokenize.text.max_length must be at least 3, got {self.max_length}")
+        if not 0 <= self.stride < self.max_length - 2:
+            raise ValueError(f"tokenize.text.stride must be in [0, max_length - 2), got {self.stride}")
+        if self.vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"tokenize.text.vocab_size must exceed {len(SPECIAL_TOKENS)}, got {self.vocab_size}")
+
+
+PARAMS = TextParams
+
+
+def modality_rows(table: pa.Table) -> pa.Table:
+    """The events that are notes: those with a text_value."""
+    return table.filter(pc.is_valid(table.column("text_value")))
+
+
+def train_wordpiece(notes: Sequence[str], params: TextParams) -> Tokenizer:
+    """A WordPiece tokenizer trained on `notes`, with specials [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=params.lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=params.vocab_size, min_frequency=params.min_frequency,
+                                        special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    tokenizer.train_from_iterator(notes, trainer=trainer, length=len(notes))
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    # Same [CLS] text [SEP] layout as our windows, so transformers users get identical ids.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def copy_pretrained(tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Copy a local pretrained (fast) tokenizer into `out_dir` through transformers; never touches the network."""
+    from transformers import AutoTokenizer  # costs seconds: imported only on this path
+
+    if not Path(tokenizer_path).is_dir():
+        raise FileNotFoundError(f"tokenize.text.tokenizer_path {tokenizer_path}: not a local folder")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+    if not tokenizer.is_fast or tokenizer.cls_token is None or tokenizer.sep_token is None:
+        raise ValueError(f"{tokenizer_path}: need a fast tokenizer with cls and sep tokens")
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def fit_tokenizer(train_rows: pa.Table, out_dir: str | os.PathLike, params: TextParams) -> None:
+    """Write the text tokenizer folder: fitted on `train_rows` notes, or copied from params.tokenizer_path."""
+    if params.tokenizer_path:
+        log.info("using pretrained tokenizer %s instead of fitting", params.tokenizer_path)
+        copy_pretrained(params.tokenizer_path, out_dir)
+        return
+    notes = train_rows.column("text_value").to_pylist()
+    if not notes:
+        log.warning("no train notes: the tokenizer holds only the special tokens")
+    tokenizer = train_wordpiece(notes, params)
+    log.info("trained WordPiece on %d notes: %d tokens", len(notes), tokenizer.get_vocab_size())
+    save_fast_tokenizer(tokenizer, out_dir, model_max_length=params.max_length)
+
+
+def load_text_tokenizer(tokenizer_dir: str | os.PathLike) -> tuple[Tokenizer, int, int]:
+    """The folder's `tokenizers.Tokenizer` (no truncation, no padding) and its [CLS] and [SEP] ids."""
+    tokenizer_dir = Path(tokenizer_dir)
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    tokenizer.no_truncation()  # pretrained folders may carry truncation/padding; windows handle length here
+    tokenizer.no_padding()
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    ids = [tokenizer.token_to_id(config.get(key) or default) for key, default in
+           (("cls_token", "[CLS]"), ("sep_token", "[SEP]"))]
+    if None in ids:
+        raise ValueError(f"{tokenizer_dir}: tokenizer has no cls or sep token")
+    return tokenizer, ids[0], ids[1]
+
+
+def note_windows(ids: Sequence[int], max_length: int, stride: int, cls_id: int, sep_id: int) -> list[list[int]]:
+    """`[CLS] body [SEP]` windows of at most max_length covering every id; consecutive bodies share `stride` ids."""
+    body = max_length - 2
+    step = body - stride
+    starts = [0]
+    while starts[-1] + body < len(ids):
+        starts.append(starts[-1] + step)
+    return [[cls_id, *ids[start:start + body], sep_id] for start in starts]
+
+
+def note_record_ids(subject_ids: Sequence[int], times: Sequence[object]) -> list[str]:
+    """sha256(f"{subject_id}:{time}:{row_index_within_subject}")[:24] per note; inputs are pseudonyms already."""
+    seen: dict[int, int] = {}
+    record_ids = []
+    for subject_id, time in zip(subject_ids, times, strict=True):
+        index = seen.get(subject_id, 0)
+        seen[subject_id] = index + 1
+        record_ids.append(hashlib.sha256(f"{subject_id}:{time}:{index}".encode()).hexdigest()[:24])
+    return record_ids
+
+
+def encode_rows(rows: pa.Table, tokenizer_dir: str | os.PathLike, params: TextParams) -> pa.Table:
+    """One row per note window: subject_id, the note's record_id, input_ids. Notes keep part order."""
+    tokenizer, cls_id, sep_id = load_text_tokenizer(tokenizer_dir)
+    subject_ids = rows.column("subject_id").to_pylist()
+    record_ids = note_record_ids(subject_ids, rows.column("time").to_pylist())
+    encodings = tokenizer.encode_batch(rows.column("text_value").to_pylist(), add_special_tokens=False)
+    out_subjects, out_records, out_ids = [], [], []
+    split_notes = 0
+    for subject_id, record_id, encoding in zip(subject_ids, record_ids, encodings, strict=True):
+        windows = note_windows(encoding.ids, params.max_length, params.stride, cls_id, sep_id)
+        split_notes += len(windows) > 1
+        out_subjects += [subject_id] * len(windows)
+        out_records += [record_id] * len(windows)
+        out_ids += windows
+    log.info("encoded %d notes into %d windows (%d notes longer than one window)",
+             len(record_ids), len(out_ids), split_notes)
+    return ids_table(out_subjects, out_records, out_ids)
