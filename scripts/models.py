@@ -99,17 +99,22 @@ class FusionClassifier(nn.Module):
         self.project = nn.ModuleDict({m: nn.Linear(encoder_width(e), spec.fusion_dim, bias=False)
                                       for m, e in encoders.items()})
         self.bias = nn.Parameter(torch.zeros(spec.fusion_dim))
-        self.head = nn.Sequential(nn.LayerNorm(spec.fusion_dim), nn.GELU(), nn.Dropout(spec.dropout),
+        self.head = nn.Sequential(nn.GELU(), nn.Dropout(spec.dropout),
                                   nn.Linear(spec.fusion_dim, len(spec.classes)))
 
     def embed_rows(self, modality: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The [CLS] vector of every row."""
+        """One vector per row: the mean of its token (or patch) states, padding excluded.
+
+        Mean pooling rather than [CLS]: a freshly initialised encoder's [CLS] barely depends on the content,
+        and sentence encoders are trained for mean pooling.
+        """
         encoder = self.encoders[modality]
         if modality == "image":
-            out = encoder(pixel_values=inputs["pixel_values"])
-        else:
-            out = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        return out.last_hidden_state[:, 0]
+            return encoder(pixel_values=inputs["pixel_values"]).last_hidden_state.mean(dim=1)
+        mask = inputs["attention_mask"]
+        states = encoder(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]], n_units: int) -> torch.Tensor:
         fused = self.bias.expand(n_units, -1)
