@@ -138,9 +138,9 @@ STAGE_CODE = {
     "fit_tokenizer": ["fit_tokenizer.py", "tokenize_{modality}.py", "parquet_io.py"],
     "tokenize": ["tokenize_shard.py", "fit_tokenizer.py", "tokenize_{modality}.py", "parquet_io.py"],
     "train": ["train.py", "models.py", "bags.py", "parquet_io.py"],
-    "evaluate": ["evaluate.py", "predict.py", "models.py", "bags.py", "metrics.py", "baseline.py",
+    "evaluate": ["evaluate.py", "predict.py", "train.py", "models.py", "bags.py", "metrics.py", "baseline.py",
                  "report_task.py", "parquet_io.py"],
-    "report": ["report_all.py"],
+    "report": ["report_all.py", "report_task.py", "metrics.py", "parquet_io.py"],
 }
 
 
