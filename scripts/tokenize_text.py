@@ -11,13 +11,14 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from fit_tokenizer import SPECIAL_TOKENS, ids_table, save_fast_tokenizer
 
@@ -52,14 +53,33 @@ def modality_rows(table: pa.Table) -> pa.Table:
     return table.filter(pc.is_valid(table.column("text_value")))
 
 
+def wordpiece_vocab(notes: Sequence[str], normalizer, pre_tokenizer, params: TextParams) -> dict[str, int]:
+    """Specials, every character (alone and as a ##continuation), then the most frequent words.
+
+    Built here rather than with `trainers.WordPieceTrainer`, which returns a different vocabulary in every
+    process from the same notes (huggingface/tokenizers#1794): a rerun must give identical token ids.
+    Ties are broken by the token text, so the result depends only on the multiset of notes.
+    """
+    counts: Counter[str] = Counter()
+    for note in notes:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(note)))
+    alphabet = sorted({ch for word in counts for ch in word})
+    vocab = list(SPECIAL_TOKENS) + alphabet + [f"##{ch}" for ch in alphabet]
+    known = set(vocab)
+    frequent = sorted((w for w, c in counts.items() if c >= params.min_frequency and w not in known),
+                      key=lambda w: (-counts[w], w))
+    vocab += frequent[: max(0, params.vocab_size - len(vocab))]
+    return {token: i for i, token in enumerate(vocab)}
+
+
 def train_wordpiece(notes: Sequence[str], params: TextParams) -> Tokenizer:
-    """A WordPiece tokenizer trained on `notes`, with specials [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=params.lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=params.vocab_size, min_frequency=params.min_frequency,
-                                        special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-    tokenizer.train_from_iterator(notes, trainer=trainer, length=len(notes))
+    """A WordPiece tokenizer fitted on `notes`, with specials [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4."""
+    normalizer = normalizers.BertNormalizer(lowercase=params.lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = wordpiece_vocab(notes, normalizer, pre_tokenizer, params)
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     # Same [CLS] text [SEP] layout as our windows, so transformers users get identical ids.
     tokenizer.post_processor = processors.TemplateProcessing(

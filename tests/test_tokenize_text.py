@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,3 +123,22 @@ def test_params_validation():
         TextParams(max_length=10, stride=8)
     with pytest.raises(FileNotFoundError, match="not a local folder"):
         tokenize_text.copy_pretrained("/nonexistent/tokenizer", "/tmp/unused")
+
+
+def test_wordpiece_vocabulary_is_identical_across_processes(tmp_path):
+    """tokenizers' WordPieceTrainer differs per process (huggingface/tokenizers#1794); ours must not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, 'scripts');"
+        "from tokenize_text import train_wordpiece, TextParams;"
+        "notes = ['Spiculated nodule in the right upper lobe, follow-up CT advised.'] * 3 +"
+        " ['Routine visit, no acute findings; blood pressure stable.'] * 2 + ['Nodule stable. CT in 6 months.'];"
+        "print(train_wordpiece(notes, TextParams(vocab_size=60, min_frequency=1)).to_str())"
+    )
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parents[1]).stdout for _ in range(3)}
+    assert len(runs) == 1
+    vocab = json.loads(runs.pop())["model"]["vocab"]
+    assert len(vocab) == 60 and "nodule" in vocab and "##n" in vocab

@@ -294,3 +294,18 @@ def raw_root(key):
         return config["inputs"][key]
 
     return root
+
+
+# ---- resources that grow with each retry, so a job killed for memory or time is resubmitted bigger ----
+def mem_mb(base):
+    def grow(wildcards, attempt):
+        return base * attempt
+
+    return grow
+
+
+def runtime_min(base):
+    def grow(wildcards, attempt):
+        return base * attempt
+
+    return grow

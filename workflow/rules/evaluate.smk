@@ -22,8 +22,8 @@ rule evaluate_task:
         stage_env("evaluate")
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(60),
     shell:
         "python {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
         " --model-dir {input.model:q} --tokens-root {params.tokens_root:q} --labels {input.labels:q}"

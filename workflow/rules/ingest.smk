@@ -23,8 +23,8 @@ rule ingest_dicom:
         stage_env("ingest_dicom")
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(60),
     shell:
         "python {input.code[0]:q} --input {params.root:q} --salt-file {params.salt:q}"
         " --out-dir {params.out_dir:q} --shards {params.shards} --image-size {params.image_size}"
@@ -56,8 +56,8 @@ rule ingest_fasta:
         stage_env("ingest_fasta")
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(60),
     shell:
         "python {input.code[0]:q} --input {params.root:q} --salt-file {params.salt:q}"
         " --out-dir {params.out_dir:q} --shards {params.shards} --subject-regex {params.regex:q}"
@@ -86,8 +86,8 @@ rule ingest_ehr:
         stage_env("ingest_ehr")
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(60),
     shell:
         "python {input.code[0]:q} --tables-json {params.tables:q} --salt-file {params.salt:q}"
         " --out-dir {params.out_dir:q} --shards {params.shards} > {log:q} 2>&1"

@@ -13,8 +13,8 @@ rule summary_report:
         stage_env("report")
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=mem_mb(1000),
+        runtime=runtime_min(10),
     shell:
         "python {input.code[0]:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 

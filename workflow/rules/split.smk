@@ -15,8 +15,8 @@ rule subject_split:
         stage_env("split")
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
     shell:
         "python {input.code[0]:q} --parts {input.parts:q} --fractions {params.fractions:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -38,8 +38,8 @@ rule task_labels:
         stage_env("labels")
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=mem_mb(1000),
+        runtime=runtime_min(10),
     shell:
         "python {input.code[0]:q} --labels {input.labels:q} --subjects {input.subjects:q}"
         " --salt-file {params.salt:q} --modalities {params.modalities} --out {output:q} > {log:q} 2>&1"

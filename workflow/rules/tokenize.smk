@@ -18,8 +18,8 @@ rule fit_tokenizer:
         stage_env("fit_tokenizer")
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(30),
     shell:
         "python {input.code[0]:q} --modality {wildcards.modality} --ingest-parts {input.parts:q}"
         " --splits {input.splits:q} --out-dir {output:q} --params-json {params.tokenize:q} > {log:q} 2>&1"
@@ -45,8 +45,8 @@ rule tokenize_shard:
         stage_env("tokenize")
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(30),
     shell:
         "python {input.code[0]:q} --modality {wildcards.modality} --ingest-part {input.part:q}"
         " --splits {input.splits:q} --tokenizer-dir {input.tokenizer:q} --out-train {output.train:q}"

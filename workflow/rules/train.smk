@@ -20,8 +20,8 @@ rule finetune:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=mem_mb(8000),
+        runtime=runtime_min(240),
     shell:
         "python {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
         " --tokens-root {params.tokens_root:q} --labels {input.labels:q} --model-json {params.model:q}"
