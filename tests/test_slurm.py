@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slurm
 CLUSTER_SCRIPT = REPO / "tests" / "cluster" / "local_slurm.sh"
 PROFILE = REPO / "profiles" / "slurm"
 STATE = Path(os.environ.get("MMHEALTH_SLURM_STATE", "/tmp/mmhealth-slurm"))
-# Two tasks, two ingest jobs, no DICOM. Not finding_note: the WordPiece trainer of tokenizers 0.23 is not
-# deterministic (huggingface/tokenizers#1794), so two runs of it differ even on one machine.
+# Two tasks, two ingest jobs, no DICOM. finding_note guards the text vocabulary's determinism
+# (tokenizers' own WordPiece trainer differs per process: huggingface/tokenizers#1794).
 TINY_TASKS = ("variant_dna", "finding_note")
 # The profile's first status check comes after 10 s; 2 s keeps this test's 14 short jobs from idling.
 SLURM_ARGS = ("--profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "2")
