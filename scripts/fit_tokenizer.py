@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from subject_split import split_of
+
 log = logging.getLogger("fit_tokenizer")
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -82,20 +84,24 @@ def params_record(modality: str, params: Any) -> dict[str, Any]:
     return {"modality": modality, **dataclasses.asdict(params)}
 
 
-def read_splits(path: str | os.PathLike) -> pa.Table:
-    """subjects.parquet as a table of subject_id (int64) and split (string), validated."""
-    table = pq.read_table(path, columns=["subject_id", "split"])
-    bad = set(pc.unique(table.column("split")).to_pylist()) - set(SPLITS)
-    if bad:
-        raise ValueError(f"{path}: unknown split value(s) {sorted(map(str, bad))}; expected {list(SPLITS)}")
-    if pc.count_distinct(table.column("subject_id")).as_py() != table.num_rows:
-        raise ValueError(f"{path}: a subject_id appears more than once")
-    return table.cast(pa.schema([("subject_id", pa.int64()), ("split", pa.string())]))
+def parse_fractions(text: str | dict[str, float]) -> dict[str, float]:
+    """Split fractions (config `split`) as a dict with exactly train, val and test."""
+    fractions = json.loads(text) if isinstance(text, str) else dict(text)
+    if set(fractions) != set(SPLITS):
+        raise ValueError(f"split fractions need exactly {list(SPLITS)}, got {sorted(fractions)}")
+    return fractions
 
 
-def train_subjects(splits: pa.Table) -> pa.Array:
-    """Subject ids of the train split."""
-    return splits.filter(pc.equal(splits.column("split"), "train")).column("subject_id").combine_chunks()
+def split_of_rows(subject_ids: pa.ChunkedArray | pa.Array, fractions: dict[str, float]) -> pa.Array:
+    """The split of each row's subject: the split stage's pure function of the pseudonym, so a shard job
+    needs no split table and a new subject elsewhere never touches it."""
+    unique = pc.unique(subject_ids).to_pylist()
+    splits = pa.array([split_of(s, fractions) for s in unique], pa.string())
+    return pc.take(splits, pc.index_in(subject_ids, value_set=pa.array(unique, pa.int64())))
+
+
+def train_rows_only(rows: pa.Table, fractions: dict[str, float]) -> pa.Table:
+    return rows.filter(pc.equal(split_of_rows(rows.column("subject_id"), fractions), "train"))
 
 
 def read_ingest_parts(paths: Sequence[str | os.PathLike]) -> pa.Table:
@@ -146,14 +152,13 @@ def tokenizer_sha256(tokenizer_dir: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def fit_modality_tokenizer(modality: str, ingest_parts: Sequence[str | os.PathLike], splits_path: str | os.PathLike,
+def fit_modality_tokenizer(modality: str, ingest_parts: Sequence[str | os.PathLike], fractions: dict[str, float],
                            out_dir: str | os.PathLike, params: dict[str, Any] | None = None) -> str:
     """Fit `modality`'s tokenizer on its rows of train-split subjects only; returns the folder's sha256."""
     module = modality_module(modality)
     config = parse_params(module.PARAMS, params)
     rows = module.modality_rows(read_ingest_parts(ingest_parts))
-    train = train_subjects(read_splits(splits_path))
-    train_rows = rows.filter(pc.is_in(rows.column("subject_id"), value_set=train))
+    train_rows = train_rows_only(rows, fractions)
     log.info("fitting %s tokenizer on %d of %d rows (train subjects only) from %d part(s); params %s",
              modality, train_rows.num_rows, rows.num_rows, len(ingest_parts), json.dumps(dataclasses.asdict(config)))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -167,12 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modality", required=True, choices=sorted(MODALITY_MODULES))
     parser.add_argument("--ingest-parts", required=True, nargs="+", help="results/ingest/<source>/part-*.parquet")
-    parser.add_argument("--splits", required=True, help="results/splits/subjects.parquet")
+    parser.add_argument("--fractions", required=True, help='config `split` as JSON: {"train": .8, "val": .1, "test": .1}')
     parser.add_argument("--out-dir", required=True, help="tokenizer folder to write")
     parser.add_argument("--params-json", default="{}", help="JSON object: config tokenize.<modality>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    fit_modality_tokenizer(args.modality, args.ingest_parts, args.splits, args.out_dir, json.loads(args.params_json))
+    fit_modality_tokenizer(args.modality, args.ingest_parts, parse_fractions(args.fractions), args.out_dir,
+                           json.loads(args.params_json))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Encode one ingest part with a fitted tokenizer and write its rows into the train, val and test shard files.
 
 Every output file is written, even when empty, with the stage parameters and the tokenizer folder's
-sha256 in its metadata. A subject of the part that subjects.parquet does not know is an error: the split
-stage and this part disagree, and guessing a split could leak test subjects into training.
+sha256 in its metadata. A row's split is the split stage's pure function of its subject pseudonym, so this
+job reads only its own ingest part: a new subject in another shard never re-runs it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -24,8 +23,9 @@ from fit_tokenizer import (
     SPLITS,
     modality_module,
     params_record,
+    parse_fractions,
     parse_params,
-    read_splits,
+    split_of_rows,
     tokenizer_sha256,
 )
 from parquet_io import write_table
@@ -35,16 +35,7 @@ log = logging.getLogger("tokenize_shard")
 STAGE = "tokenize"
 
 
-def split_of_rows(subject_ids: pa.ChunkedArray | pa.Array, splits: pa.Table, source: str) -> pa.Array:
-    """The split of each row's subject; raises naming how many subjects subjects.parquet lacks."""
-    index = pc.index_in(subject_ids, value_set=splits.column("subject_id").combine_chunks())
-    if index.null_count:
-        unknown = pc.count_distinct(pc.filter(subject_ids, pc.is_null(index))).as_py()
-        raise ValueError(f"{source}: {unknown} subject(s) are not in the splits file; rerun the split stage")
-    return pc.take(splits.column("split"), index)
-
-
-def encode_shard(modality: str, ingest_part: str | os.PathLike, splits_path: str | os.PathLike,
+def encode_shard(modality: str, ingest_part: str | os.PathLike, fractions: dict[str, float],
                  tokenizer_dir: str | os.PathLike, out_paths: dict[str, str | os.PathLike],
                  params: dict[str, Any] | None = None) -> dict[str, int]:
     """Encode `ingest_part` and write one file per split (keys of `out_paths`: train, val, test); rows per split."""
@@ -53,10 +44,8 @@ def encode_shard(modality: str, ingest_part: str | os.PathLike, splits_path: str
     module = modality_module(modality)
     config = parse_params(module.PARAMS, params)
     part = pq.read_table(ingest_part).replace_schema_metadata(None)
-    splits = read_splits(splits_path)
-    split_of_rows(part.column("subject_id"), splits, str(ingest_part))  # every subject of the part, not only ours
     encoded = module.encode_rows(module.modality_rows(part), tokenizer_dir, config)
-    row_split = split_of_rows(encoded.column("subject_id"), splits, str(ingest_part))
+    row_split = split_of_rows(encoded.column("subject_id"), fractions)
     metadata = {**params_record(modality, config), "tokenizer_sha256": tokenizer_sha256(tokenizer_dir)}
     counts = {}
     for split in SPLITS:
@@ -72,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modality", required=True, choices=sorted(MODALITY_MODULES))
     parser.add_argument("--ingest-part", required=True, help="results/ingest/<source>/part-<k>.parquet")
-    parser.add_argument("--splits", required=True, help="results/splits/subjects.parquet")
+    parser.add_argument("--fractions", required=True, help="config `split` as JSON")
     parser.add_argument("--tokenizer-dir", required=True, help="folder written by fit_tokenizer.py")
     parser.add_argument("--out-train", required=True)
     parser.add_argument("--out-val", required=True)
@@ -80,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params-json", default="{}", help="JSON object: config tokenize.<modality>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    encode_shard(args.modality, args.ingest_part, args.splits, args.tokenizer_dir,
+    encode_shard(args.modality, args.ingest_part, parse_fractions(args.fractions), args.tokenizer_dir,
                  {"train": args.out_train, "val": args.out_val, "test": args.out_test}, json.loads(args.params_json))
 
 

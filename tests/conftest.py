@@ -88,3 +88,25 @@ def write_labels(path: Path, info: dict[str, np.ndarray]) -> Path:
         "split": pa.array(info["splits"], pa.string()),
     }), path, "task_labels")
     return path
+
+
+# Split fractions for tokenizer tests; a subject's split is a pure function of its id (subject_split.split_of).
+FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}
+
+
+def ids_in_split(split: str, count: int, fractions: dict[str, float] = FRACTIONS) -> list[int]:
+    """The first `count` positive subject ids that subject_split.split_of puts in `split`."""
+    from subject_split import split_of
+
+    found, candidate = [], 1
+    while len(found) < count:
+        if split_of(candidate, fractions) == split:
+            found.append(candidate)
+        candidate += 1
+    return found
+
+
+def subjects_for(splits: dict[int, str]) -> dict[int, int]:
+    """Map placeholder test ids to real ids whose split is the one asked for."""
+    pools = {s: iter(ids_in_split(s, len(splits))) for s in set(splits.values())}
+    return {placeholder: next(pools[split]) for placeholder, split in splits.items()}

@@ -15,10 +15,14 @@ import pytest
 
 import fit_tokenizer
 import tokenize_shard
+from conftest import FRACTIONS, ids_in_split
 from parquet_io import read_metadata
+from subject_split import split_of
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-SPLIT_OF = {11: "train", 12: "train", 21: "val", 31: "test"}
+TRAIN_A, TRAIN_B = ids_in_split("train", 2)
+VAL_A, TEST_A = ids_in_split("val", 1)[0], ids_in_split("test", 1)[0]
+SPLIT_OF = {TRAIN_A: "train", TRAIN_B: "train", VAL_A: "val", TEST_A: "test"}
 T0 = dt.datetime(2022, 5, 1, 9, 30)
 EVENTS_SCHEMA = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
                            ("numeric_value", pa.float32()), ("text_value", pa.string())])
@@ -37,7 +41,7 @@ def ehr_part() -> pa.Table:
     for subject in SPLIT_OF:
         rows += [(subject, None, "SEX//M", None, None), (subject, T0, "LAB//HB", 13.0 + subject % 7, None),
                  (subject, T0, "LAB//HB", 12.0, None), (subject, T0, "NOTE", None, "stable, discharged home.")]
-    rows.append((11, T0, "NOTE", None, "cough " * 150))  # longer than one 128-token window
+    rows.append((TRAIN_A, T0, "NOTE", None, "cough " * 150))  # longer than one 128-token window
     return pa.Table.from_pylist([dict(zip(EVENTS_SCHEMA.names, r, strict=True)) for r in rows], schema=EVENTS_SCHEMA)
 
 
@@ -58,17 +62,20 @@ def inputs(tmp_path):
     for name, table in {"ehr": ehr_part(), "dna": dna_part(), "image": image_part()}.items():
         (tmp_path / name).mkdir()
         pq.write_table(table, tmp_path / name / "part-0.parquet")
-    pq.write_table(pa.table({"subject_id": pa.array(list(SPLIT_OF), pa.int64()), "split": list(SPLIT_OF.values())}),
-                   tmp_path / "subjects.parquet")
     return tmp_path
 
 
+def run_tokenizer(root: Path) -> Path:
+    run_stage(root, "dna", "dna", {})
+    return root / "dna" / "tok"
+
+
 def run_stage(root: Path, modality: str, source: str, params: dict) -> dict[str, Path]:
-    part, splits, tokenizer = root / source / "part-0.parquet", root / "subjects.parquet", root / modality / "tok"
-    fit_tokenizer.main(["--modality", modality, "--ingest-parts", str(part), "--splits", str(splits),
+    part, tokenizer = root / source / "part-0.parquet", root / modality / "tok"
+    fit_tokenizer.main(["--modality", modality, "--ingest-parts", str(part), "--fractions", json.dumps(FRACTIONS),
                         "--out-dir", str(tokenizer), "--params-json", json.dumps(params)])
     outs = {split: root / "tokens" / modality / split / "shard-0.parquet" for split in ("train", "val", "test")}
-    tokenize_shard.main(["--modality", modality, "--ingest-part", str(part), "--splits", str(splits),
+    tokenize_shard.main(["--modality", modality, "--ingest-part", str(part), "--fractions", json.dumps(FRACTIONS),
                          "--tokenizer-dir", str(tokenizer), "--out-train", str(outs["train"]),
                          "--out-val", str(outs["val"]), "--out-test", str(outs["test"]),
                          "--params-json", json.dumps(params)])
@@ -94,11 +101,11 @@ def test_cli_end_to_end(inputs, modality, source, params):
         meta = read_metadata(path)
         assert meta["stage"] == "tokenize" and meta["params"]["tokenizer_sha256"] == digest
         assert meta["params"]["modality"] == modality and all(meta["params"][k] == v for k, v in params.items())
-    if modality == "text":  # subject 11's long note: several windows of one record
+    if modality == "text":  # TRAIN_A's long note: several windows of one record
         train = pq.read_table(outs["train"]).to_pylist()
-        assert sum(r["subject_id"] == 11 for r in train) == 3 and len({r["record_id"] for r in train}) == 3
+        assert sum(r["subject_id"] == TRAIN_A for r in train) == 3 and len({r["record_id"] for r in train}) == 3
     if modality == "ehr":
-        assert pq.read_table(outs["val"]).column("record_id").to_pylist() == ["21"]
+        assert pq.read_table(outs["val"]).column("record_id").to_pylist() == [str(VAL_A)]
     if modality != "image":
         from transformers import PreTrainedTokenizerFast
 
@@ -106,23 +113,20 @@ def test_cli_end_to_end(inputs, modality, source, params):
 
 
 def test_empty_split_files_are_written(inputs):
-    pq.write_table(ehr_part().filter(pa.compute.is_in(ehr_part().column("subject_id"), pa.array([11, 12]))),
+    pq.write_table(ehr_part().filter(pa.compute.is_in(ehr_part().column("subject_id"), pa.array([TRAIN_A, TRAIN_B]))),
                    inputs / "ehr" / "part-0.parquet")
     outs = run_stage(inputs, "ehr", "ehr", {})
     assert pq.read_table(outs["val"]).num_rows == 0 and pq.read_table(outs["test"]).num_rows == 0
     assert pq.read_table(outs["test"]).schema.remove_metadata() == TOKENS_SCHEMA
 
 
-def test_unknown_subjects_are_an_error_naming_the_count(inputs):
-    run_stage(inputs, "dna", "dna", {})
-    stray = pa.concat_tables([dna_part(), dna_part().slice(0, 3).set_column(0, "subject_id",
-                                                                              pa.array([98, 99, 99], pa.int64()))])
-    pq.write_table(stray, inputs / "dna" / "part-0.parquet")
+def test_rows_get_the_split_stage_split_of_their_subject(inputs):
+    """No split table: each row's split is subject_split.split_of of its pseudonym, as in subjects.parquet."""
     outs = {s: inputs / "x" / f"{s}.parquet" for s in ("train", "val", "test")}
-    with pytest.raises(ValueError, match=r"2 subject\(s\) are not in the splits file"):
-        tokenize_shard.encode_shard("dna", inputs / "dna" / "part-0.parquet", inputs / "subjects.parquet",
-                                    inputs / "dna" / "tok", outs, {})
-    assert not any(p.exists() for p in outs.values())
+    tokenize_shard.encode_shard("dna", inputs / "dna" / "part-0.parquet", FRACTIONS, run_tokenizer(inputs), outs, {})
+    for split, path in outs.items():
+        assert {split_of(s, FRACTIONS) for s in pq.read_table(path).column("subject_id").to_pylist()} <= {split}
+    assert sum(pq.read_table(p).num_rows for p in outs.values()) == dna_part().num_rows
 
 
 def test_unknown_param_is_refused_naming_the_key(inputs):
@@ -138,7 +142,7 @@ def test_encode_path_runs_standalone_without_transformers(inputs):
     fresh = inputs / "fresh.parquet"
     result = subprocess.run(
         [sys.executable, "-X", "importtime", str(SCRIPTS / "tokenize_shard.py"), "--modality", "text",
-         "--ingest-part", str(inputs / "ehr" / "part-0.parquet"), "--splits", str(inputs / "subjects.parquet"),
+         "--ingest-part", str(inputs / "ehr" / "part-0.parquet"), "--fractions", json.dumps(FRACTIONS),
          "--tokenizer-dir", str(inputs / "text" / "tok"), "--out-train", str(fresh),
          "--out-val", str(inputs / "v.parquet"), "--out-test", str(inputs / "t.parquet")],
         capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})

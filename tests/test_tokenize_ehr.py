@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import FRACTIONS, subjects_for
 from fit_tokenizer import CLS_ID, UNK_ID, fit_modality_tokenizer
 from tokenize_ehr import EhrParams, assign_bins, encode_rows, fit_bin_edges, recent_events
 
@@ -35,12 +36,10 @@ def train_rows() -> list[tuple]:
 def fitted(tmp_path):
     val_rows = [(3, T0, "DX//VALONLY", None, None), (3, T0, "DX//VALONLY", None, None),
                 (3, T0, GLUCOSE, 1e6, None), (3, T0, GLUCOSE, 1e6, None)]  # huge values: must not move edges
-    part, subjects = tmp_path / "part-0.parquet", tmp_path / "subjects.parquet"
-    pq.write_table(events(train_rows() + val_rows), part)
-    pq.write_table(pa.table({"subject_id": pa.array([1, 2, 3], pa.int64()), "split": ["train", "train", "val"]}),
-                   subjects)
+    part, ids = tmp_path / "part-0.parquet", subjects_for({1: "train", 2: "train", 3: "val"})
+    pq.write_table(events([(ids[r[0]], *r[1:]) for r in train_rows() + val_rows]), part)
     out = tmp_path / "tokenizer"
-    fit_modality_tokenizer("ehr", [part], subjects, out, {"min_count": 2, "numeric_bins": 10})
+    fit_modality_tokenizer("ehr", [part], FRACTIONS, out, {"min_count": 2, "numeric_bins": 10})
     return out
 
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tokenize_text
+from conftest import FRACTIONS, subjects_for
 from fit_tokenizer import CLS_ID, SEP_ID, UNK_ID, fit_modality_tokenizer
 from tokenize_text import TextParams, encode_rows, note_record_ids, note_windows
 
@@ -28,11 +29,10 @@ def events(rows: list[tuple]) -> pa.Table:
 
 
 def write_inputs(tmp_path, rows: list[tuple], splits: dict[int, str]):
-    part, subjects = tmp_path / "part-0.parquet", tmp_path / "subjects.parquet"
-    pq.write_table(events(rows), part)
-    pq.write_table(pa.table({"subject_id": pa.array(list(splits), pa.int64()),
-                             "split": pa.array(list(splits.values()), pa.string())}), subjects)
-    return part, subjects
+    """Rows with placeholder subject ids, rewritten to ids that land in the split asked for."""
+    part, ids = tmp_path / "part-0.parquet", subjects_for(splits)
+    pq.write_table(events([(ids[row[0]], *row[1:]) for row in rows]), part)
+    return part, FRACTIONS
 
 
 @pytest.fixture

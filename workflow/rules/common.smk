@@ -135,8 +135,10 @@ STAGE_CODE = {
     "ingest_ehr": ["ingest_ehr.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
     "split": ["subject_split.py", "pseudonym.py", "parquet_io.py"],
     "labels": ["task_labels.py", "pseudonym.py", "parquet_io.py"],
-    "fit_tokenizer": ["fit_tokenizer.py", "tokenize_{modality}.py", "parquet_io.py"],
-    "tokenize": ["tokenize_shard.py", "fit_tokenizer.py", "tokenize_{modality}.py", "parquet_io.py"],
+    "fit_tokenizer": ["fit_tokenizer.py", "tokenize_{modality}.py", "subject_split.py", "pseudonym.py",
+                      "parquet_io.py"],
+    "tokenize": ["tokenize_shard.py", "fit_tokenizer.py", "tokenize_{modality}.py", "subject_split.py",
+                 "pseudonym.py", "parquet_io.py"],
     "train": ["train.py", "models.py", "bags.py", "parquet_io.py"],
     "evaluate": ["evaluate.py", "predict.py", "train.py", "models.py", "bags.py", "metrics.py", "baseline.py",
                  "report_task.py", "parquet_io.py"],
@@ -207,7 +209,7 @@ def ingested_parts(wildcards):
 
 
 def tokenizer_inputs(wildcards):
-    return ingest_parts(TOKEN_SOURCE[wildcards.modality])
+    return [ancient(p) for p in ingest_parts(TOKEN_SOURCE[wildcards.modality])]
 
 
 def tokenize_shard_input(wildcards):

@@ -1,15 +1,17 @@
 # Tokenisers fitted on the train split only; then one job per ingest shard writes its train/val/test rows.
+# A vocabulary, once fitted, is kept as data grows (its ingest inputs are ancient): new patients re-tokenise
+# only their own shard. Refit on purpose with `--forcerun fit_tokenizer`; param or code changes refit too.
 
 
 rule fit_tokenizer:
     input:
         parts=tokenizer_inputs,
-        splits=subjects_table(),
         code=fit_tokenizer_code,
     output:
         directory(tokenizer_dir("{modality}")),
     params:
         tokenize=tokenize_params,
+        fractions=split_fractions_json,
     log:
         log_path("tokenize", "{modality}", "fit"),
     benchmark:
@@ -22,13 +24,12 @@ rule fit_tokenizer:
         runtime=runtime_min(30),
     shell:
         "python {input.code[0]:q} --modality {wildcards.modality} --ingest-parts {input.parts:q}"
-        " --splits {input.splits:q} --out-dir {output:q} --params-json {params.tokenize:q} > {log:q} 2>&1"
+        " --fractions {params.fractions:q} --out-dir {output:q} --params-json {params.tokenize:q} > {log:q} 2>&1"
 
 
 rule tokenize_shard:
     input:
         part=tokenize_shard_input,
-        splits=subjects_table(),
         tokenizer=tokenizer_dir("{modality}"),
         code=tokenize_code,
     output:
@@ -37,6 +38,7 @@ rule tokenize_shard:
         test=token_shard("{modality}", "test", "{shard}"),
     params:
         tokenize=tokenize_params,
+        fractions=split_fractions_json,
     log:
         log_path("tokenize", "{modality}", "shard-{shard}"),
     benchmark:
@@ -49,7 +51,7 @@ rule tokenize_shard:
         runtime=runtime_min(30),
     shell:
         "python {input.code[0]:q} --modality {wildcards.modality} --ingest-part {input.part:q}"
-        " --splits {input.splits:q} --tokenizer-dir {input.tokenizer:q} --out-train {output.train:q}"
+        " --fractions {params.fractions:q} --tokenizer-dir {input.tokenizer:q} --out-train {output.train:q}"
         " --out-val {output.val:q} --out-test {output.test:q} --params-json {params.tokenize:q}"
         " > {log:q} 2>&1"
 
