@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo/raw/labels: $(STAMP) scripts/make_demo_data.py
-	$(BIN)/python scripts/make_demo_data.py --out demo/raw --subjects $(DEMO_SUBJECTS) --seed 0
+	$(BIN)/python scripts/make_demo_data.py --out demo/raw --subjects $(DEMO_SUBJECTS) --seed 0 \
+		--salt-file demo/mmhealth_demo_salt
 	touch demo/raw/labels
 
 demo: demo/raw/labels

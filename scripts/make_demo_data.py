@@ -11,6 +11,7 @@ import argparse
 import csv
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -466,6 +467,15 @@ def generate_demo(out_dir: Path, n_subjects: int = 200, seed: int = 0, image_siz
     return summary
 
 
+def write_demo_salt(path: Path, seed: int) -> None:
+    """A pseudonym key derived from the seed, so the demo's splits and metrics are the same on every machine.
+
+    Demo only: a real deployment's key is random and secret (pseudonym.load_or_create_salt makes one).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(hashlib.sha256(f"mmhealth-demo-key:{seed}".encode()).hexdigest() + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (e.g. demo/raw)")
@@ -474,10 +484,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64, help="rows = cols of each CT slice")
     parser.add_argument("--min-slices", type=int, default=8, help="fewest slices in a series")
     parser.add_argument("--max-slices", type=int, default=16, help="most slices in a series")
+    parser.add_argument("--salt-file", type=Path, help="also write a seed-derived demo pseudonym key here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = generate_demo(args.out, args.subjects, args.seed, args.image_size, (args.min_slices, args.max_slices))
     log.info("demo data written to %s: %s", args.out, json.dumps(summary, sort_keys=True))
+    if args.salt_file:
+        write_demo_salt(args.salt_file, args.seed)
 
 
 if __name__ == "__main__":

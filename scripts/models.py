@@ -90,7 +90,11 @@ def encoder_width(encoder: nn.Module) -> int:
 
 
 class FusionClassifier(nn.Module):
-    """logits = g(sum_k W_k mean_rows(f_k(rows)) + b); one modality is the K = 1 case of the same model."""
+    """logits = g(sum_k W_k mean_rows(f_k(rows)) + b); one modality is the K = 1 case of the same model.
+
+    g starts with a batch norm: pooled encoder states differ little between subjects next to what they
+    share, and standardising across the batch is what lets a fresh encoder's signal reach the logits.
+    """
 
     def __init__(self, spec: ClassifierSpec, encoders: dict[str, nn.Module]):
         super().__init__()
@@ -99,7 +103,7 @@ class FusionClassifier(nn.Module):
         self.project = nn.ModuleDict({m: nn.Linear(encoder_width(e), spec.fusion_dim, bias=False)
                                       for m, e in encoders.items()})
         self.bias = nn.Parameter(torch.zeros(spec.fusion_dim))
-        self.head = nn.Sequential(nn.GELU(), nn.Dropout(spec.dropout),
+        self.head = nn.Sequential(nn.BatchNorm1d(spec.fusion_dim), nn.GELU(), nn.Dropout(spec.dropout),
                                   nn.Linear(spec.fusion_dim, len(spec.classes)))
 
     def embed_rows(self, modality: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -159,6 +159,8 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
             order = rng.permutation(len(train))
             for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", mininterval=5):
                 units = order[start:start + cfg.batch_size]
+                if len(units) < 2:
+                    continue  # the head's batch norm needs two units; the unit is seen again next epoch
                 batch = collate(train, units, cfg.max_rows_per_bag, rng)
                 with autocast(device):
                     logits = model(to_device(batch, device), len(units))
