@@ -49,6 +49,7 @@ class FinetuneConfig:
     max_rows_per_bag: int = 8
     trainable_layers: int = 1
     lora_r: int = 8
+    label_smoothing: float = 0.1
     seed: int = 0
 
 
@@ -80,12 +81,13 @@ def build_classifier(task: str, modalities: list[str], classes: list[str], model
     init = EncoderInit(**model_spec.get("init", {}))
     encoders = {}
     for m in modalities:
-        if "path" in model_spec:
-            encoders[m] = pretrained_encoder(model_spec["path"], dropout=cfg.dropout)
+        path = model_spec.get("encoders", {}).get(m) or model_spec.get("path")
+        if path:
+            encoders[m] = pretrained_encoder(path, dropout=cfg.dropout)
             if m != "image":
                 vocab, _ = token_limits(tokens_root, m)
                 if vocab > encoders[m].config.vocab_size:
-                    raise ValueError(f"tokens of {m} use {vocab} ids but {model_spec['path']} knows "
+                    raise ValueError(f"tokens of {m} use {vocab} ids but {path} knows "
                                      f"{encoders[m].config.vocab_size}: set tokenize.{m}.tokenizer_path to it")
         elif m == "image":
             encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.rows[m].image_shape)
@@ -133,7 +135,7 @@ def predict_proba(model: FusionClassifier, data: BagData, batch_size: int, rows_
 
 
 def evaluate_split(model: FusionClassifier, data: BagData, cfg: FinetuneConfig, device: torch.device) -> dict:
-    prob = predict_proba(model, data, cfg.batch_size, 4 * cfg.max_rows_per_bag, device)
+    prob = predict_proba(model, data, cfg.batch_size, cfg.max_rows_per_bag, device)
     loss = float(-np.log(np.clip(prob[np.arange(len(data)), data.labels], 1e-7, 1)).mean())
     auroc = math.nan
     if len(np.unique(data.labels)) > 1:
@@ -164,7 +166,8 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
                 batch = collate(train, units, cfg.max_rows_per_bag, rng)
                 with autocast(device):
                     logits = model(to_device(batch, device), len(units))
-                loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device))
+                loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device),
+                                                         label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -193,6 +196,14 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
     return best
 
 
+def encoder_source(model_spec: dict) -> str:
+    if "path" in model_spec:
+        return f"pretrained, local folder {model_spec['path']}"
+    pretrained = ", ".join(f"{m} from {p}" for m, p in model_spec.get("encoders", {}).items())
+    fresh = "initialised from config " + json.dumps(model_spec.get("init", {}))
+    return f"{pretrained}; others {fresh}" if pretrained else fresh
+
+
 def model_card(task: str, modalities: list[str], classes: list[str], cfg: FinetuneConfig, model_spec: dict,
                best: dict, n_units: dict[str, int]) -> str:
     import transformers
@@ -203,7 +214,7 @@ def model_card(task: str, modalities: list[str], classes: list[str], cfg: Finetu
 - **Architecture**: per modality a transformers encoder (`encoder-<modality>/`, loads with
   `AutoModel.from_pretrained`) whose [CLS] vectors are mean-pooled per subject/record, fused as
   g(sum_k W_k f_k + b) by the head in `fusion_head.safetensors` (`mmhealth_model.json` describes it).
-- **Encoder source**: {model_spec.get('path', 'initialised from config ' + json.dumps(model_spec.get('init', {})))}
+- **Encoder source**: {encoder_source(model_spec)}
 - **Fine-tuning**: {json.dumps(asdict(cfg))}
 - **Data**: {n_units['train']} training and {n_units['val']} validation units, subject-level split;
   inputs are the pipeline's token shards (tokenizer or preprocessor files sit in each encoder folder).

@@ -7,6 +7,9 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+import raw_index  # noqa: E402  (scripts/ is the workflow's own code)
+
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
@@ -50,9 +53,15 @@ def _check_config():
     salt = Path(config["privacy"]["salt_file"]).resolve()
     if salt.is_relative_to(RESULTS.resolve()):
         raise ValueError("config key 'privacy.salt_file': the pseudonym key must not live under results")
+    if Path(config["staging"]).resolve().is_relative_to(RESULTS.resolve()):
+        raise ValueError("config key 'staging': it holds raw identifiers and must not live under results")
 
 
 _check_config()
+# Which raw files feed which shard; reads only new or changed files (cache in the staging folder).
+RAW_INDEX = raw_index.build_index(
+    config["inputs"], config["privacy"]["salt_file"], config["shards"], config["staging"]
+)
 TOKENIZED = sorted({m for spec in config["tasks"].values() for m in spec["modalities"]})
 
 wildcard_constraints:
@@ -83,6 +92,14 @@ def ingest_part(modality, shard):
     return result("ingest", modality, f"part-{shard}.parquet")
 
 
+def shard_quarantine(modality, shard):
+    return result("ingest", modality, "shards", f"quarantine-{shard}.parquet")
+
+
+def shard_manifest(modality, shard):
+    return result("ingest", modality, "shards", f"manifest-{shard}.json")
+
+
 def tokenizer_dir(modality):
     return result("tokens", modality, "tokenizer")
 
@@ -93,6 +110,14 @@ def token_shard(modality, split, shard):
 
 def subjects_table():
     return result("splits", "subjects.parquet")
+
+
+def audit_report():
+    return result("splits", "audit.json")
+
+
+def meds_dataset():
+    return result("meds", "metadata", "dataset.json")
 
 
 def task_labels(task):
@@ -111,21 +136,28 @@ def summary_report():
     return result("report.html")
 
 
-def all_outputs(stage):
-    """Everything a target rule (ingest ... report) asks for."""
+STAGES = ["ingest", "split", "tokenize", "train", "evaluate", "report"]
+
+
+def stage_outputs(stage):
+    """What one stage adds to its target."""
     if stage == "ingest":
-        return [result("ingest", m, "manifest.json") for m in INGESTED]
+        return [result("ingest", m, name) for m in INGESTED for name in ("manifest.json", "quarantine.parquet")]
     if stage == "split":
-        return [subjects_table(), *[task_labels(t) for t in TASKS]]
+        return [subjects_table(), audit_report(), *[task_labels(t) for t in TASKS],
+                *([meds_dataset()] if "ehr" in INGESTED else [])]
     if stage == "tokenize":
         return [token_shard(m, s, k) for m in TOKENIZED for s in SPLITS for k in SHARDS]
     if stage == "train":
         return [model_dir(t) for t in TASKS]
     if stage == "evaluate":
         return [eval_file(t, "metrics.json") for t in TASKS]
-    if stage == "report":
-        return [summary_report(), *all_outputs("evaluate")]
-    raise ValueError(stage)
+    return [summary_report()]
+
+
+def all_outputs(stage):
+    """Everything a stage target asks for: that stage and every stage before it."""
+    return [path for s in STAGES[: STAGES.index(stage) + 1] for path in stage_outputs(s)]
 
 
 # ---- code each stage runs: an input, so editing it re-runs the stage (mtime trigger) ----
@@ -133,8 +165,11 @@ STAGE_CODE = {
     "ingest_dicom": ["ingest_dicom.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
     "ingest_fasta": ["ingest_fasta.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
     "ingest_ehr": ["ingest_ehr.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
+    "ingest_manifest": ["ingest_common.py", "pseudonym.py", "parquet_io.py"],
     "split": ["subject_split.py", "pseudonym.py", "parquet_io.py"],
     "labels": ["task_labels.py", "pseudonym.py", "parquet_io.py"],
+    "audit": ["leakage_audit.py", "parquet_io.py"],
+    "meds": ["meds_layout.py", "parquet_io.py"],
     "fit_tokenizer": ["fit_tokenizer.py", "tokenize_{modality}.py", "subject_split.py", "pseudonym.py",
                       "parquet_io.py"],
     "tokenize": ["tokenize_shard.py", "fit_tokenizer.py", "tokenize_{modality}.py", "subject_split.py",
@@ -156,8 +191,11 @@ STAGE_ENV = {
     "ingest_dicom": "ingest",
     "ingest_fasta": "ingest",
     "ingest_ehr": "ingest",
+    "ingest_manifest": "ingest",
     "split": "ingest",
     "labels": "ingest",
+    "audit": "ingest",
+    "meds": "ingest",
     "fit_tokenizer": "tokenize",
     "tokenize": "tokenize",
     "train": "train",
@@ -188,24 +226,45 @@ def split_fractions_json(wildcards):
 
 
 # ---- input functions ----
-def raw_files(key):
-    """Every file under a raw input folder: a new or changed file re-runs that modality's ingestion."""
-    root = config["inputs"].get(key)
-    if not root:
-        return []
-    if not os.path.isdir(root):
-        return [root]  # Snakemake then stops with "Missing input files ... <root>" before any job
-    return sorted(
-        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if not f.startswith(".")
-    )
+def dicom_shard_files(wildcards):
+    return RAW_INDEX.dicom.get(int(wildcards.shard), [])
 
 
-def ehr_tables(wildcards):
-    return [table["path"] for table in config["inputs"]["ehr"]]
+def fasta_shard_files(wildcards):
+    return RAW_INDEX.fasta.get(int(wildcards.shard), [])
+
+
+def ehr_shard_files(wildcards):
+    return RAW_INDEX.ehr.get(int(wildcards.shard), [])
+
+
+def ehr_shard_tables_json(wildcards):
+    return as_json(raw_index.staged_tables(config["inputs"]["ehr"], ehr_shard_files(wildcards)))
+
+
+def shard_manifests(wildcards):
+    return [shard_manifest(wildcards.modality, k) for k in SHARDS]
+
+
+def shard_quarantines(wildcards):
+    return [shard_quarantine(wildcards.modality, k) for k in SHARDS]
 
 
 def ingested_parts(wildcards):
     return [p for m in INGESTED for p in ingest_parts(m)]
+
+
+def audit_inputs(wildcards):
+    return {
+        "subjects": subjects_table(),
+        "image": ingest_parts("image") if "image" in INGESTED else [],
+        "dna": ingest_parts("dna") if "dna" in INGESTED else [],
+        "code": stage_code("audit"),
+    }
+
+
+def meds_inputs(wildcards):
+    return {"parts": ingest_parts("ehr"), "subjects": subjects_table(), "code": stage_code("meds")}
 
 
 def tokenizer_inputs(wildcards):
@@ -228,8 +287,16 @@ def task_shards(task, splits):
     return [token_shard(m, s, k) for m in task_modalities(task) for s in splits for k in SHARDS]
 
 
+def pretrained_model_inputs(task):
+    """Model folders of other tasks whose encoders this task starts from (`model.encoders`)."""
+    paths = [Path(p).resolve() for p in config["tasks"][task]["model"].get("encoders", {}).values()]
+    return [model_dir(t) for t in TASKS
+            if t != task and any(p.is_relative_to(Path(model_dir(t)).resolve()) for p in paths)]
+
+
 def train_inputs(wildcards):
     return {
+        "pretrained": pretrained_model_inputs(wildcards.task),
         "shards": task_shards(wildcards.task, ["train", "val"]),
         "tokenizers": [tokenizer_dir(m) for m in task_modalities(wildcards.task)],
         "labels": task_labels(wildcards.task),
@@ -282,6 +349,11 @@ def folder_of_manifest(wildcards, output):
 
 def folder_of_metrics(wildcards, output):
     return os.path.dirname(output.metrics)
+
+
+def meds_root_of(wildcards, output):
+    """results/meds from results/meds/metadata/dataset.json."""
+    return str(Path(output[0]).parents[1])
 
 
 def tokens_root_of(wildcards, input):

@@ -1,24 +1,24 @@
-# Raw exports -> clean records per modality, partitioned by subject shard, with quarantine and manifest.
+# Raw exports -> clean records, one job per modality and subject shard (RAW_INDEX in common.smk says which
+# raw files hold which shard's subjects), then one merge per modality of quarantine and manifest.
 
 
 rule ingest_dicom:
     input:
-        raw=raw_files("dicom"),
+        raw=dicom_shard_files,
         code=stage_code("ingest_dicom"),
     output:
-        parts=ingest_parts("image"),
-        quarantine=result("ingest", "image", "quarantine.parquet"),
-        manifest=result("ingest", "image", "manifest.json"),
+        part=ingest_part("image", "{shard}"),
+        quarantine=shard_quarantine("image", "{shard}"),
+        manifest=shard_manifest("image", "{shard}"),
     params:
         root=raw_root("dicom"),
         salt=config["privacy"]["salt_file"],
-        out_dir=folder_of_manifest,
         shards=config["shards"],
         image_size=config["ingest"]["dicom"]["image_size"],
     log:
-        log_path("ingest", "image"),
+        log_path("ingest", "image", "shard-{shard}"),
     benchmark:
-        benchmark_path("ingest", "image")
+        benchmark_path("ingest", "image", "shard-{shard}")
     conda:
         stage_env("ingest_dicom")
     threads: 1
@@ -26,32 +26,33 @@ rule ingest_dicom:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(60),
     shell:
-        "python {input.code[0]:q} --input {params.root:q} --salt-file {params.salt:q}"
-        " --out-dir {params.out_dir:q} --shards {params.shards} --image-size {params.image_size}"
+        "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {wildcards.shard}"
+        " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
+        " --quarantine {output.quarantine:q} --manifest {output.manifest:q} --image-size {params.image_size}"
         " > {log:q} 2>&1"
 
 
 rule ingest_fasta:
     input:
-        raw=raw_files("fasta"),
+        raw=fasta_shard_files,
         code=stage_code("ingest_fasta"),
     output:
-        parts=ingest_parts("dna"),
-        quarantine=result("ingest", "dna", "quarantine.parquet"),
-        manifest=result("ingest", "dna", "manifest.json"),
+        part=ingest_part("dna", "{shard}"),
+        quarantine=shard_quarantine("dna", "{shard}"),
+        manifest=shard_manifest("dna", "{shard}"),
     params:
         root=raw_root("fasta"),
         salt=config["privacy"]["salt_file"],
-        out_dir=folder_of_manifest,
         shards=config["shards"],
         regex=config["inputs"]["fasta_subject_regex"],
         window=config["ingest"]["fasta"]["window"],
         stride=config["ingest"]["fasta"]["stride"],
         max_n=config["ingest"]["fasta"]["max_n_fraction"],
+        n_policy=config["ingest"]["fasta"]["n_policy"],
     log:
-        log_path("ingest", "dna"),
+        log_path("ingest", "dna", "shard-{shard}"),
     benchmark:
-        benchmark_path("ingest", "dna")
+        benchmark_path("ingest", "dna", "shard-{shard}")
     conda:
         stage_env("ingest_fasta")
     threads: 1
@@ -59,29 +60,29 @@ rule ingest_fasta:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(60),
     shell:
-        "python {input.code[0]:q} --input {params.root:q} --salt-file {params.salt:q}"
-        " --out-dir {params.out_dir:q} --shards {params.shards} --subject-regex {params.regex:q}"
+        "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {wildcards.shard}"
+        " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
+        " --quarantine {output.quarantine:q} --manifest {output.manifest:q} --subject-regex {params.regex:q}"
         " --window {params.window} --stride {params.stride} --max-n-fraction {params.max_n}"
-        " > {log:q} 2>&1"
+        " --n-policy {params.n_policy} > {log:q} 2>&1"
 
 
 rule ingest_ehr:
     input:
-        tables=ehr_tables,
+        staged=ehr_shard_files,
         code=stage_code("ingest_ehr"),
     output:
-        parts=ingest_parts("ehr"),
-        quarantine=result("ingest", "ehr", "quarantine.parquet"),
-        manifest=result("ingest", "ehr", "manifest.json"),
+        part=ingest_part("ehr", "{shard}"),
+        quarantine=shard_quarantine("ehr", "{shard}"),
+        manifest=shard_manifest("ehr", "{shard}"),
     params:
-        tables=ehr_tables_json,
+        tables=ehr_shard_tables_json,
         salt=config["privacy"]["salt_file"],
-        out_dir=folder_of_manifest,
         shards=config["shards"],
     log:
-        log_path("ingest", "ehr"),
+        log_path("ingest", "ehr", "shard-{shard}"),
     benchmark:
-        benchmark_path("ingest", "ehr")
+        benchmark_path("ingest", "ehr", "shard-{shard}")
     conda:
         stage_env("ingest_ehr")
     threads: 1
@@ -89,8 +90,30 @@ rule ingest_ehr:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(60),
     shell:
-        "python {input.code[0]:q} --tables-json {params.tables:q} --salt-file {params.salt:q}"
-        " --out-dir {params.out_dir:q} --shards {params.shards} > {log:q} 2>&1"
+        "python {input.code[0]:q} --tables-json {params.tables:q} --shard {wildcards.shard}"
+        " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
+        " --quarantine {output.quarantine:q} --manifest {output.manifest:q} > {log:q} 2>&1"
+
+
+rule ingest_manifest:
+    input:
+        manifests=shard_manifests,
+        quarantines=shard_quarantines,
+        code=stage_code("ingest_manifest"),
+    output:
+        manifest=result("ingest", "{modality}", "manifest.json"),
+        quarantine=result("ingest", "{modality}", "quarantine.parquet"),
+    log:
+        log_path("ingest", "{modality}", "manifest"),
+    conda:
+        stage_env("ingest_manifest")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=runtime_min(10),
+    shell:
+        "python {input.code[0]:q} merge --manifests {input.manifests:q} --quarantines {input.quarantines:q}"
+        " --out-manifest {output.manifest:q} --out-quarantine {output.quarantine:q} > {log:q} 2>&1"
 
 
 rule ingest:

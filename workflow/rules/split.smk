@@ -45,6 +45,46 @@ rule task_labels:
         " --salt-file {params.salt:q} --modalities {params.modalities} --out {output:q} > {log:q} 2>&1"
 
 
+rule leakage_audit:
+    input:
+        unpack(audit_inputs),
+    output:
+        audit_report(),
+    params:
+        on_leak=config["audit"]["on_leak"],
+    log:
+        log_path("split", "audit"),
+    conda:
+        stage_env("audit")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(30),
+    shell:
+        "python {input.code[0]:q} --subjects {input.subjects:q} --image-parts {input.image:q}"
+        " --dna-parts {input.dna:q} --on-leak {params.on_leak} --out {output:q} > {log:q} 2>&1"
+
+
+rule meds_layout:
+    input:
+        unpack(meds_inputs),
+    output:
+        meds_dataset(),
+    params:
+        out_dir=meds_root_of,
+    log:
+        log_path("split", "meds"),
+    conda:
+        stage_env("meds")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
+    shell:
+        "python {input.code[0]:q} --parts {input.parts:q} --subjects {input.subjects:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
 rule split:
     localrule: True
     input:
