@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,18 +13,24 @@ import pytest
 import yaml
 
 from make_demo_data import generate_demo
-from workflow_helpers import REPO, SNAKEMAKE, TASKS, snakemake, tiny_config
+from workflow_helpers import REPO, SNAKEMAKE, TASKS, copy_workflow, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
+    """A finished tiny run, in a folder that also holds a copy of the workflow (the rerun tests edit its code)."""
     work = tmp_path_factory.mktemp("workflow")
+    copy_workflow(work)
     generate_demo(work / "raw", n_subjects=40, seed=1, image_size=16, slices=(4, 6))
     (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(work / "raw")))
-    snakemake(work, "--cores", "2", "--configfile", "config.yaml")
+    sm(work, "--cores", "2", "--configfile", "config.yaml")
     return work
+
+
+def sm(work: Path, *args: str, check: bool = True):
+    return snakemake(work, *args, check=check, snakefile=work / "Snakefile")
 
 
 def test_every_contract_output_exists(run):
@@ -58,7 +66,7 @@ def test_every_contract_output_exists(run):
 
 
 def test_second_dry_run_has_nothing_to_do(run):
-    done = snakemake(run, "-n", "--configfile", "config.yaml")
+    done = sm(run, "-n", "--configfile", "config.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
@@ -73,7 +81,7 @@ def test_no_identifier_reaches_results_or_logs(run):
     needles = {n for n in needles if len(n) >= 4}
     assert len(needles) > 100
     leaks = []
-    for path in (run / "results").rglob("*"):
+    for path in [*(run / "results").rglob("*"), *(run / ".snakemake" / "log").rglob("*")]:
         if path.is_dir():
             continue
         text = _parquet_text(path) if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
@@ -85,7 +93,7 @@ def test_unknown_config_key_stops_before_any_job(run, tmp_path):
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["tasks"]["lesion_ct"]["finetune"]["epoch"] = 3  # typo of `epochs`
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    done = snakemake(run, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    done = sm(run, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
     assert done.returncode != 0
     assert "'epoch'" in done.stdout + done.stderr
 
@@ -93,3 +101,105 @@ def test_unknown_config_key_stops_before_any_job(run, tmp_path):
 def test_lint_is_clean():
     done = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- re-running only what changed: read Snakemake's own dry-run job list after one change ----
+JOB = re.compile(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", re.MULTILINE)
+
+
+def planned_jobs(work: Path, configfile: str = "config.yaml") -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a dry run would execute."""
+    out = sm(work, "-n", "--configfile", configfile).stdout
+    jobs = []
+    for rule, body in JOB.findall(out):
+        found = re.search(r"^    wildcards: (.*)$", body, re.MULTILINE)
+        wildcards = dict(pair.split("=", 1) for pair in found.group(1).split(", ")) if found else {}
+        jobs.append((rule, wildcards))
+    return jobs
+
+
+def by_rule(jobs) -> dict[str, list[dict[str, str]]]:
+    grouped: dict[str, list[dict[str, str]]] = {}
+    for rule, wildcards in jobs:
+        grouped.setdefault(rule, []).append(wildcards)
+    return grouped
+
+
+def test_touching_raw_files_reruns_nothing(run):
+    """Same content, newer mtime: Snakemake compares checksums of small inputs, and the raw index keeps the
+    staged EHR slices untouched, so nothing re-runs."""
+    for path in [*(run / "raw" / "dicom").rglob("IM*"), *(run / "raw" / "ehr").glob("*.csv")][:50]:
+        os.utime(path)
+    assert planned_jobs(run) == []
+
+
+def test_changing_one_tasks_finetune_reruns_only_that_task(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["tasks"]["lesion_ct"]["finetune"]["lr"] = 5e-4
+    (run / "changed.yaml").write_text(yaml.safe_dump(config))
+    jobs = by_rule(planned_jobs(run, "changed.yaml"))
+    assert set(jobs) == {"finetune", "evaluate_task", "summary_report", "all"}
+    assert jobs["finetune"] == [{"task": "lesion_ct"}] and jobs["evaluate_task"] == [{"task": "lesion_ct"}]
+
+
+def test_editing_tokenizer_code_reruns_tokenisation_not_ingestion(run):
+    code = run / "scripts" / "tokenize_dna.py"
+    original, stat = code.read_text(), code.stat()
+    try:
+        code.write_text(original + "\n# an edit\n")
+        jobs = by_rule(planned_jobs(run))
+    finally:
+        code.write_text(original)
+        os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not [rule for rule in jobs if rule.startswith("ingest")]
+    assert {w["modality"] for w in jobs["tokenize_shard"]} == {"dna"}
+    assert jobs["fit_tokenizer"] == [{"modality": "dna"}]
+    assert {w["task"] for w in jobs["finetune"]} == {"variant_dna", "composite_risk"}
+
+
+def test_a_new_subject_reruns_one_shard_per_modality(run):
+    """A new patient's series, FASTA file and EHR rows: one ingest and one tokenize job per modality."""
+    import pydicom
+
+    from pseudonym import load_or_create_salt, shard_of, subject_pseudonym
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    new_id = "MRN7777777"
+    added = []
+    series = sorted((run / "raw" / "dicom").rglob("IM*"))[:3]
+    for number, source in enumerate(series):
+        ds = pydicom.dcmread(source)
+        ds.PatientID, ds.PatientName = new_id, "Newpatient^Nora"
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1.777"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.1.777.{number}"
+        target = run / "raw" / "dicom" / "EXPORT_NEW" / f"IM{number:04d}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(target)
+        added.append(target)
+    fasta = run / "raw" / "fasta" / "sample_new.fa"
+    fasta.write_text(f">{new_id}|rec1 new patient\n" + "ACGTTGCAAC" * 60 + "\n")
+    added.append(fasta)
+    tables = {name: (run / "raw" / "ehr" / name) for name in ("patients.csv", "labs.csv", "notes.csv")}
+    originals = {name: path.read_bytes() for name, path in tables.items()}
+    try:
+        with tables["patients.csv"].open("a") as f:
+            f.write(f"{new_id},Nora Newpatient,1970-01-01,F,1 New Street\n")
+        with tables["labs.csv"].open("a") as f:
+            f.write(f"{new_id},GLUCOSE,101,mg/dL,2021-03-04 08:00\n")
+        with tables["notes.csv"].open("a") as f:
+            f.write(f"{new_id},2021-03-04 09:00,Routine visit; no acute findings.\n")
+        jobs = by_rule(planned_jobs(run))
+    finally:
+        for path in added:
+            path.unlink()
+        for name, path in tables.items():
+            path.write_bytes(originals[name])
+        sm(run, "-n", "--configfile", "config.yaml")  # restage the EHR slices as they were
+
+    key = load_or_create_salt(run / config["privacy"]["salt_file"])
+    shard = str(shard_of(subject_pseudonym(new_id, key), config["shards"]))
+    for rule in ("ingest_dicom", "ingest_fasta", "ingest_ehr"):
+        assert jobs[rule] == [{"shard": shard}], rule
+    assert sorted(w["modality"] for w in jobs["tokenize_shard"]) == ["dna", "ehr", "image", "text"]
+    assert {w["shard"] for w in jobs["tokenize_shard"]} == {shard}
+    assert "fit_tokenizer" not in jobs  # vocabularies stay fixed as data grows

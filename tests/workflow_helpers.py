@@ -30,9 +30,22 @@ def tiny_config(raw: Path) -> dict:
     return config
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def copy_workflow(target: Path) -> Path:
+    """The workflow's own files in a scratch folder, so a test may edit its code; returns the Snakefile."""
+    import shutil
+
+    for name in ("workflow", "scripts", "envs", "profiles", "config"):
+        shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "Snakefile", target / "Snakefile")
+    return target / "Snakefile"
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, snakefile: Path | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run Snakemake in `workdir` (the repository's Snakefile unless another is given)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, env=env, timeout=900)
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile"), *args]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env, timeout=900)
     if check and done.returncode:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
     return done
