@@ -1,11 +1,16 @@
-"""What the three ingest stages share: input listing, checksums, quarantine rows, manifest and shard writing.
+"""What the three ingest stages share: input listing, checksums, quarantine rows, manifests, shard ownership.
 
 Every ingest stage counts records (a DICOM file, a FASTA record, a CSV row) as it goes and ends by calling
-`write_ingest_outputs`, which refuses to write a manifest whose counts do not add up.
+`write_ingest_outputs` (whole folder, every part) or `write_shard_outputs` (one shard's job), which refuse to
+write a manifest whose counts do not add up. A record with a subject belongs to the shard of its subject; a
+record without one (unreadable file, no PatientID, header not matching the regex) to `unassigned_shard` of
+its file, so that exactly one shard job counts and quarantines it. `merge_manifests` (CLI: `merge`) sums the
+shard jobs' manifests and concatenates their quarantines.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -18,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from parquet_io import write_partitioned, write_table
+from parquet_io import read_metadata, write_partitioned, write_table
 from pseudonym import shard_of
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,33 @@ class RecordCounts:
     records_in: int = 0
     records_out: int = 0
     records_quarantined: int = 0
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Which records one job writes: those of subjects in shard `shard`, and unassigned ones it owns."""
+
+    shard: int = 0
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shards < 1 or not 0 <= self.shard < self.shards:
+            raise ValueError(f"shard must be within 0..shards-1 and shards at least 1, got shard={self.shard} "
+                             f"shards={self.shards}")
+
+    def owns_subject(self, subject_id: int) -> bool:
+        return shard_of(subject_id, self.shards) == self.shard
+
+    def owns_unassigned(self, source: str) -> bool:
+        return unassigned_shard(source, self.shards) == self.shard
+
+
+WHOLE_INPUT = ShardJob(0, 1)  # a job that owns every record (the whole-folder functions)
+
+
+def unassigned_shard(rel_path: str, shards: int) -> int:
+    """The one shard whose job counts records without a subject from this file (sha256 of its relative path)."""
+    return int.from_bytes(hashlib.sha256(rel_path.encode("utf-8")).digest()[:8], "big") % shards
 
 
 def configure_logging() -> None:
@@ -74,9 +107,13 @@ def list_input_files(root: str | os.PathLike, accept: Callable[[Path], bool] | N
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def relative_source(path: str | os.PathLike, root: str | os.PathLike) -> str:
-    """The quarantine/manifest name of an input file: its path relative to the input root, POSIX style."""
-    return Path(path).relative_to(root).as_posix()
+def source_of(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """The quarantine/manifest name of an input file given as on a command line (absolute or relative to the
+    working folder): its path relative to the input root, POSIX style."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, "/")
+    if relative == ".." or relative.startswith("../"):
+        raise ValueError(f"input file {path} is not under the input root {root}")
+    return relative
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -88,9 +125,9 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def input_checksums(paths: Iterable[Path], root: str | os.PathLike | None = None) -> dict[str, str]:
-    """{name: sha256} for the manifest; names are relative to `root` when given, else as passed."""
-    return {(relative_source(p, root) if root is not None else str(p)): sha256_file(p) for p in paths}
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of bytes already in memory (a file read once for parsing and checksum)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def strip_paths(message: str, *paths: str | os.PathLike) -> str:
@@ -135,11 +172,16 @@ def build_manifest(modality: str, counts: RecordCounts, rows_written: int, input
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temp file + rename), like the Parquet outputs."""
+    """Write JSON atomically (temp file + rename); a dict gets one top-level key per line, each value in
+    compact JSON (the C encoder: an indented manifest of 100k records takes seconds in the Python one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    if isinstance(obj, dict) and obj:
+        text = "{\n" + ",\n".join(f"  {json.dumps(str(k))}: {json.dumps(v)}" for k, v in obj.items()) + "\n}"
+    else:
+        text = json.dumps(obj)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
 
@@ -166,3 +208,102 @@ def log_summary(manifest: dict[str, Any]) -> None:
     log.info("ingest %s: records_in=%d records_out=%d records_quarantined=%d rows_written=%d inputs=%d",
              manifest["modality"], manifest["records_in"], manifest["records_out"],
              manifest["records_quarantined"], manifest["rows_written"], len(manifest["inputs"]))
+
+
+def write_shard_outputs(out_part: str | os.PathLike, out_quarantine: str | os.PathLike,
+                        out_manifest: str | os.PathLike, modality: str, table: pa.Table, job: ShardJob,
+                        quarantine: Iterable[QuarantineRow], counts: RecordCounts, inputs: dict[str, str],
+                        params: dict[str, Any], extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write one shard job's part, quarantine and manifest; refuse rows of another shard (a bug)."""
+    manifest = build_manifest(modality, counts, table.num_rows, inputs,
+                              {**(extra_manifest or {}), "shard": job.shard, "shards": job.shards})
+    stray = np.flatnonzero(shard_ids(table.column("subject_id").to_numpy(), job.shards) != job.shard)
+    if len(stray):
+        raise RuntimeError(f"{modality}: {len(stray)} rows of other shards in the output of shard {job.shard}")
+    params = {"modality": modality, "shards": job.shards, **params}
+    write_table(table, out_part, STAGE, {**params, "shard": job.shard})
+    write_table(quarantine_table(quarantine), out_quarantine, STAGE, {**params, "shard": job.shard})
+    write_json(manifest, out_manifest)
+    log_summary(manifest)
+    return manifest
+
+
+SUMMED_KEYS = ("records_in", "records_out", "records_quarantined", "rows_written")
+
+
+def combine_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shard manifests as one: counts (and other numbers) summed, mappings unioned, the rest must agree."""
+    if not manifests:
+        raise ValueError("no manifests to merge")
+    shards = {m.get("shards") for m in manifests}
+    seen = sorted(m["shard"] for m in manifests if "shard" in m)
+    if len(shards) == 1 and None not in shards and seen != list(range(next(iter(shards)))):
+        raise ValueError(f"shard manifests do not cover shards 0..{next(iter(shards)) - 1} once each: got {seen}")
+    merged: dict[str, Any] = {}
+    for manifest in manifests:
+        for name, value in manifest.items():
+            if name in ("shard", "shards"):
+                continue
+            if name not in merged:
+                merged[name] = dict(value) if isinstance(value, dict) else value
+            elif isinstance(value, bool) or not isinstance(value, int | float | dict):
+                if merged[name] != value:
+                    raise ValueError(f"manifests disagree on {name!r}: {merged[name]!r} vs {value!r}")
+            elif isinstance(value, dict):
+                clash = sorted(k for k in value.keys() & merged[name].keys() if value[k] != merged[name][k])
+                if clash:
+                    raise ValueError(f"manifests disagree on {name}[{clash[0]!r}] (an input changed while "
+                                     "the shards ran?)")
+                merged[name].update(value)
+            else:
+                merged[name] += value
+    counts = RecordCounts(*(merged.get(k, 0) for k in SUMMED_KEYS[:3]))
+    inputs = merged.pop("inputs", {})
+    extra = {k: v for k, v in merged.items() if k not in (*SUMMED_KEYS, "modality")}
+    return build_manifest(merged["modality"], counts, merged.get("rows_written", 0), inputs, extra)
+
+
+def merge_manifests(manifests: Iterable[str | os.PathLike], quarantines: Iterable[str | os.PathLike],
+                    out_manifest: str | os.PathLike, out_quarantine: str | os.PathLike) -> dict[str, Any]:
+    """Merge shard jobs' manifests (re-checking the accounting) and quarantines into one of each."""
+    manifest = combine_manifests([json.loads(Path(p).read_text()) for p in manifests])
+    quarantines = list(quarantines)
+    tables = [pq.read_table(p).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA) for p in quarantines]
+    params = dict(read_metadata(quarantines[0]).get("params", {})) if quarantines else {}
+    params.pop("shard", None)
+    table = pa.concat_tables(tables) if tables else quarantine_table([])
+    write_table(table.replace_schema_metadata(None), out_quarantine, STAGE, params)
+    write_json(manifest, out_manifest)
+    log_summary(manifest)
+    return manifest
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser, input_help: str, files_help: str | None) -> None:
+    """The arguments every per-shard ingest CLI shares (`files_help` None: the stage takes no --files)."""
+    if files_help is not None:
+        parser.add_argument("--input", required=True, help=input_help)
+        parser.add_argument("--files", nargs="*", required=True, default=[],
+                            help=f"{files_help}, as given (absolute or relative to the working folder)")
+    parser.add_argument("--shard", type=int, required=True, help="K: this job writes subjects of shard K")
+    parser.add_argument("--shards", type=int, required=True, help="N: number of shards")
+    parser.add_argument("--salt-file", required=True, help="secret pseudonym key file")
+    parser.add_argument("--out-part", required=True, help="results/ingest/<modality>/part-K.parquet")
+    parser.add_argument("--quarantine", required=True, help="this shard's quarantine Parquet")
+    parser.add_argument("--manifest", required=True, help="this shard's manifest JSON")
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_logging()
+    parser = argparse.ArgumentParser(description="Shared ingest tools: merge the shard jobs' outputs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="sum shard manifests, concatenate shard quarantines")
+    merge.add_argument("--manifests", nargs="+", required=True, help="manifest of every shard job")
+    merge.add_argument("--quarantines", nargs="+", required=True, help="quarantine of every shard job")
+    merge.add_argument("--out-manifest", required=True, help="results/ingest/<modality>/manifest.json")
+    merge.add_argument("--out-quarantine", required=True, help="results/ingest/<modality>/quarantine.parquet")
+    args = parser.parse_args(argv)
+    merge_manifests(args.manifests, args.quarantines, args.out_manifest, args.out_quarantine)
+
+
+if __name__ == "__main__":
+    main()

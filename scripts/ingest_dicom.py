@@ -1,19 +1,34 @@
 """Ingest DICOM: files at any depth -> series checked and sorted along the slice normal -> one row per slice.
 
-Headers are read first (no pixels) and grouped by SeriesInstanceUID; a series whose slices disagree on
-geometry is refused as a whole. Accepted series are decoded through pydicom's installed plugins, mapped
-through the modality LUT (Hounsfield units for CT) and resized. Only the columns of the `image` schema leave
-this module: raw PatientID and UIDs stay in memory and are replaced by keyed pseudonyms.
+Each file is read once: its bytes are hashed for the manifest, its header parsed up to the pixel data and,
+when its subject belongs to this job's shard, its pixels decoded, mapped through the modality LUT
+(Hounsfield units for CT) and resized. Files are then grouped by SeriesInstanceUID and a series whose slices
+disagree on geometry is refused whole (see `dicom_series`).
+
+De-identification (DICOM PS3.15 Annex E, basic profile): nothing of a header reaches an output file or a log
+except what follows; every other attribute (names, dates, UIDs other than the series, institution,
+physicians, device, private tags, ...) is never read (`dicom_series.HEADER_ALLOW_LIST` is enforced).
+- PatientID -> `subject_id`, SeriesInstanceUID -> `record_id`: keyed pseudonyms, never the raw values;
+  a file without PatientID is quarantined.
+- Modality -> `modality`; Rows, Columns, PixelSpacing/ImagerPixelSpacing, ImageOrientationPatient,
+  ImagePositionPatient, SliceThickness (or the same from enhanced functional groups) -> the geometry
+  columns; InstanceNumber only orders slices without positions.
+- Pixel data through RescaleSlope/RescaleIntercept or ModalityLUTSequence and PixelPaddingValue/RangeLimit
+  -> `hu`. A file with BurnedInAnnotation YES is quarantined: the basic profile cannot clean its pixels.
+- SOPClassUID/MediaStorageSOPClassUID (as its standard name), SamplesPerPixel, PhotometricInterpretation,
+  NumberOfFrames, BitsAllocated, BitsStored, PixelRepresentation, ImageType (LOCALIZER) only decide how
+  pixels are read or whether the file is accepted, and may be named in a quarantine reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +37,18 @@ import pyarrow as pa
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, pixel_array
-from pydicom.uid import UID
 
 import ingest_common as common
+from dicom_pixels import FrameResizer, file_values
+from dicom_series import (
+    RefusedFile,
+    RefusedSeries,
+    SliceHeader,
+    arrange_series,
+    is_dicomdir,
+    read_slice_headers,
+    text,
+)
 from pseudonym import load_or_create_salt, record_pseudonym, subject_pseudonym
 
 log = logging.getLogger("ingest_dicom")
@@ -36,296 +59,16 @@ IMAGE_SCHEMA = pa.schema([
     ("rows", pa.int32()), ("cols", pa.int32()), ("pixel_spacing_mm", pa.list_(pa.float64())),
     ("slice_spacing_mm", pa.float64()), ("hu", pa.list_(pa.float32())),
 ])
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-NOT_IMAGE_MODALITIES = frozenset({"SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG"})
-ORIENTATION_TOLERANCE = 1e-4
-SPACING_TOLERANCE_MM = 1e-4
-DUPLICATE_POSITION_MM = 1e-2
-MULTIFRAME_UNSUPPORTED = "multi-frame not supported yet"
 MAX_REASON_CHARS = 300
-
-
-class RefusedFile(Exception):
-    """A file that cannot join any series; the message is its quarantine reason."""
-
-
-class RefusedSeries(Exception):
-    """A series refused as a whole; the message is the quarantine reason of each of its files."""
-
-
-@dataclass(frozen=True)
-class SliceHeader:
-    """What the series checks and the pixel stage need from one frame; raw ids never leave memory."""
-
-    path: Path
-    source: str
-    frame: int | None  # frame of a functional-group (enhanced) file; None for a classic single-frame file
-    patient_id: str
-    series_uid: str
-    modality: str | None
-    rows: int
-    cols: int
-    orientation: tuple[float, ...] | None
-    position: tuple[float, ...] | None
-    pixel_spacing: tuple[float, ...]
-    instance_number: int | None
-    thickness: float | None
-    rescale: tuple[float, float] | None  # enhanced frame's (slope, intercept); None: the file's modality LUT
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    """`count` finite numbers of a multi-valued element, None when absent; RefusedFile when malformed."""
-    value = ds[keyword].value if keyword in ds else None
-    if value is None or (isinstance(value, str | bytes | Sequence) and len(value) == 0):
-        return None
-    try:
-        items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
-        values = tuple(float(v) for v in items)
-    except (TypeError, ValueError):
-        raise RefusedFile(f"malformed {keyword}") from None
-    if len(values) != count or not all(np.isfinite(values)):
-        raise RefusedFile(f"malformed {keyword} (expected {count} numbers)")
-    return values
-
-
-def _number(ds: Dataset, keyword: str, kind: type = float) -> Any:
-    try:
-        value = ds.get(keyword)
-        return None if value in (None, "") else kind(value)
-    except (TypeError, ValueError):
-        raise RefusedFile(f"malformed {keyword}") from None
-
-
-def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
-    """Unit normal of the image plane: cross product of the row and column direction cosines."""
-    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
-    norm = float(np.linalg.norm(normal))
-    if norm < 1e-6:
-        raise RefusedFile("degenerate ImageOrientationPatient (row and column directions are parallel)")
-    return normal / norm
-
-
-def _checked_spacing(spacing: tuple[float, ...] | None) -> tuple[float, ...]:
-    if spacing is None:
-        raise RefusedFile("missing PixelSpacing")
-    if min(spacing) <= 0:
-        raise RefusedFile("malformed PixelSpacing (not positive)")
-    return spacing
-
-
-def _group_item(groups: list[Dataset], sequence: str, element: str) -> Dataset | None:
-    """First functional-group item holding `element`: the frame's own groups win over the shared ones."""
-    for group in groups:
-        if group is not None and group.get(sequence) and element in group.get(sequence)[0]:
-            return group.get(sequence)[0]
-    return None
-
-
-def _enhanced_frames(ds: Dataset, base: dict[str, Any], frames: int) -> list[SliceHeader]:
-    """Frames of a functional-group file as slices; RefusedFile when its geometry is not per-frame simple."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
-    if len(per_frame) != frames:
-        raise RefusedFile(f"{MULTIFRAME_UNSUPPORTED}: {len(per_frame)} per-frame groups for {frames} frames")
-    slices = []
-    for index, frame_groups in enumerate(per_frame):
-        groups = [frame_groups, shared]
-        plane = _group_item(groups, "PlanePositionSequence", "ImagePositionPatient")
-        orient = _group_item(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
-        measures = _group_item(groups, "PixelMeasuresSequence", "PixelSpacing")
-        if plane is None or orient is None or measures is None:
-            raise RefusedFile(f"{MULTIFRAME_UNSUPPORTED}: frame {index} lacks plane position, "
-                              "orientation or pixel spacing")
-        transform = _group_item(groups, "PixelValueTransformationSequence", "RescaleSlope")
-        source = transform if transform is not None else ds
-        slope, intercept = _number(source, "RescaleSlope"), _number(source, "RescaleIntercept")
-        orientation = _floats(orient, "ImageOrientationPatient", 6)
-        position = _floats(plane, "ImagePositionPatient", 3)
-        if orientation is None or position is None:
-            raise RefusedFile(f"{MULTIFRAME_UNSUPPORTED}: frame {index} has an empty plane position "
-                              "or orientation")
-        slice_normal(orientation)
-        slices.append(SliceHeader(
-            **base, frame=index, orientation=orientation, position=position,
-            pixel_spacing=_checked_spacing(_floats(measures, "PixelSpacing", 2)),
-            thickness=_number(measures, "SliceThickness"),
-            rescale=(1.0 if slope is None else slope, 0.0 if intercept is None else intercept)))
-    return slices
-
-
-def read_slice_headers(path: Path, source: str) -> list[SliceHeader]:
-    """Slices of one file from its header alone (one per frame); RefusedFile says why the file cannot join."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError as exc:
-        raise RefusedFile(f"not a DICOM file: {common.strip_paths(str(exc), path)}") from None
-    except Exception as exc:
-        raise RefusedFile(f"unreadable DICOM header: {type(exc).__name__}: "
-                          f"{common.strip_paths(str(exc), path)[:MAX_REASON_CHARS]}") from None
-    file_meta = getattr(ds, "file_meta", Dataset())
-    sop_class = _text(ds, "SOPClassUID") or _text(file_meta, "MediaStorageSOPClassUID")
-    if path.name.upper() == "DICOMDIR" or sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        raise RefusedFile("DICOMDIR (media directory index), not an image")
-    patient_id, series_uid = _text(ds, "PatientID"), _text(ds, "SeriesInstanceUID")
-    if not patient_id:
-        raise RefusedFile("missing PatientID")
-    if not series_uid:
-        raise RefusedFile("missing SeriesInstanceUID")
-    modality = _text(ds, "Modality") or None
-    if modality in NOT_IMAGE_MODALITIES:
-        raise RefusedFile(f"Modality {modality} is not an image")
-    if "Rows" not in ds or "Columns" not in ds:
-        kind = UID(sop_class).name if sop_class else "unknown SOP class"
-        raise RefusedFile(f"no image pixel module (Rows/Columns missing; {kind})")
-    samples = _number(ds, "SamplesPerPixel", int) or 1
-    photometric = _text(ds, "PhotometricInterpretation") or "MONOCHROME2"
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise RefusedFile(f"not a greyscale image (SamplesPerPixel={samples}, "
-                          f"PhotometricInterpretation={photometric})")
-    base = {"path": path, "source": source, "patient_id": patient_id, "series_uid": series_uid,
-            "modality": modality, "rows": _number(ds, "Rows", int), "cols": _number(ds, "Columns", int),
-            "instance_number": _number(ds, "InstanceNumber", int)}
-    if not (base["rows"] or 0) > 0 or not (base["cols"] or 0) > 0:
-        raise RefusedFile("malformed Rows/Columns")
-    frames = _number(ds, "NumberOfFrames", int) or 1
-    if "PerFrameFunctionalGroupsSequence" in ds:
-        return _enhanced_frames(ds, base, frames)
-    if frames > 1:
-        raise RefusedFile(f"{MULTIFRAME_UNSUPPORTED}: {frames} frames without per-frame functional groups")
-    orientation = _floats(ds, "ImageOrientationPatient", 6)
-    position = _floats(ds, "ImagePositionPatient", 3)
-    if (orientation is None) != (position is None):
-        raise RefusedFile("ImageOrientationPatient and ImagePositionPatient must both be present "
-                          "or both absent")
-    if orientation is not None:
-        slice_normal(orientation)
-    spacing = _floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2)
-    return [SliceHeader(**base, frame=None, orientation=orientation, position=position,
-                        pixel_spacing=_checked_spacing(spacing), thickness=_number(ds, "SliceThickness"),
-                        rescale=None)]
-
-
-def arrange_series(slices: list[SliceHeader]) -> tuple[list[SliceHeader], list[float | None], float | None]:
-    """Slices sorted along the normal, positions (mm), slice spacing; RefusedSeries if incoherent."""
-    first = slices[0]
-    if len({s.patient_id for s in slices}) > 1:
-        raise RefusedSeries("slices of the series disagree on PatientID")
-    sizes = sorted({(s.rows, s.cols) for s in slices})
-    if len(sizes) > 1:
-        listed = ", ".join(f"{r}x{c}" for r, c in sizes)
-        raise RefusedSeries(f"slices disagree on Rows/Columns ({listed})")
-    for s in slices:
-        if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=0, atol=SPACING_TOLERANCE_MM):
-            raise RefusedSeries(f"slices disagree on PixelSpacing ({list(first.pixel_spacing)} vs "
-                                f"{list(s.pixel_spacing)} mm)")
-    with_geometry = sum(s.orientation is not None for s in slices)
-    if with_geometry == len(slices):
-        for s in slices:
-            if not np.allclose(s.orientation, first.orientation, rtol=0, atol=ORIENTATION_TOLERANCE):
-                raise RefusedSeries("slices disagree on ImageOrientationPatient (a localizer in the series?)")
-        normal = slice_normal(first.orientation)
-        positions = np.array([float(np.dot(s.position, normal)) for s in slices])
-        order = np.argsort(positions, kind="stable")
-        gaps = np.diff(positions[order])
-        if np.any(gaps < DUPLICATE_POSITION_MM):
-            repeats = int(np.sum(gaps < DUPLICATE_POSITION_MM))
-            raise RefusedSeries(f"duplicate slice positions: {repeats} of {len(slices)} slices repeat "
-                                "the position of another")
-        spacing = float(np.median(gaps)) if len(gaps) else first.thickness
-        return [slices[i] for i in order], [float(p) for p in positions[order]], spacing
-    if with_geometry:
-        raise RefusedSeries("ImagePositionPatient present in some slices only")
-    if len(slices) == 1:
-        return slices, [None], first.thickness
-    numbers = [s.instance_number for s in slices]
-    if None in numbers or len(set(numbers)) < len(numbers):
-        raise RefusedSeries("cannot order slices: no ImagePositionPatient and InstanceNumber "
-                            "missing or repeated")
-    return sorted(slices, key=lambda s: s.instance_number), [None] * len(slices), first.thickness
-
-
-def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of bilinear resampling with half-pixel centres, antialiased when shrinking."""
-    scale = n_in / n_out
-    support = max(scale, 1.0)  # widen the triangle filter when shrinking, so no input pixel is skipped
-    centres = (np.arange(n_out) + 0.5) * scale - 0.5
-    weights = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None, :] - centres[:, None]) / support)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """(n, rows, cols) -> (n, size, size) float32 by separable bilinear resampling."""
-    if frames.shape[1:] == (size, size):
-        return frames.astype(np.float32, copy=False)
-    row_weights, col_weights = resample_matrix(frames.shape[1], size), resample_matrix(frames.shape[2], size)
-    return (row_weights @ frames.astype(np.float64) @ col_weights.T).astype(np.float32)
-
-
-def padding_mask(raw: np.ndarray, pixel_meta: Dataset) -> np.ndarray:
-    """Stored values marked as padding (outside the scanned field of view) by PixelPaddingValue/RangeLimit."""
-    value, limit = pixel_meta.get("PixelPaddingValue"), pixel_meta.get("PixelPaddingRangeLimit")
-    if not isinstance(value, int):
-        return np.zeros(raw.shape, dtype=bool)
-    if not isinstance(limit, int):
-        return raw == value
-    low, high = sorted((value, limit))
-    return (raw >= low) & (raw <= high)
-
-
-def decode_file(path: Path, slices: list[SliceHeader], image_size: int) -> dict[int | None, np.ndarray]:
-    """Resized modality-LUT values of a file's frames, keyed by frame (None for a single-frame file)."""
-    first = slices[0]
-    pixel_meta = Dataset()
-    raw = pixel_array(str(path), ds_out=pixel_meta)
-    if raw.size % (first.rows * first.cols):
-        raise ValueError(f"decoded {raw.shape} does not fit Rows={first.rows} Columns={first.cols}")
-    raw = raw.reshape(-1, first.rows, first.cols)
-    if first.frame is None:
-        values = np.asarray(apply_modality_lut(raw, pixel_meta), dtype=np.float64)
-    else:
-        if len(raw) <= max(s.frame for s in slices):
-            raise ValueError(f"decoded {len(raw)} frames, the header promises more")
-        values = raw.astype(np.float64)
-        for s in slices:
-            values[s.frame] = raw[s.frame] * s.rescale[0] + s.rescale[1]
-    padding = padding_mask(raw, pixel_meta)
-    for frame, pad in zip(values, padding, strict=True):
-        if pad.any() and not pad.all():  # padding reads as the frame's lowest real value, not as -3024 HU
-            frame[pad] = frame[~pad].min()
-    resized = resize_frames(values, image_size)
-    return {s.frame: resized[s.frame or 0] for s in slices}
-
-
-def series_pixels(ordered: list[SliceHeader], image_size: int, root: Path) -> np.ndarray:
-    """(n_slices, size, size) float32 values in slice order; RefusedSeries with the decoder's reason."""
-    by_file: dict[Path, list[SliceHeader]] = defaultdict(list)
-    for s in ordered:
-        by_file[s.path].append(s)
-    decoded = {}
-    for path, slices in by_file.items():
-        try:
-            decoded[path] = decode_file(path, slices, image_size)
-        except Exception as exc:
-            message = common.strip_paths(f"{type(exc).__name__}: {exc}", path, root)[:MAX_REASON_CHARS]
-            raise RefusedSeries(f"pixel data of {slices[0].source} could not be decoded: {message}") from None
-    return np.stack([decoded[s.path][s.frame] for s in ordered]).astype(np.float32, copy=False)
 
 
 @dataclass
 class ImageColumns:
     """Output columns accumulated series by series (hu as one Arrow list chunk per series)."""
 
-    scalars: dict[str, list]
-    hu_chunks: list[pa.Array]
-
-    @classmethod
-    def empty(cls) -> ImageColumns:
-        return cls({name: [] for name in IMAGE_SCHEMA.names if name != "hu"}, [])
+    scalars: dict[str, list] = field(
+        default_factory=lambda: {name: [] for name in IMAGE_SCHEMA.names if name != "hu"})
+    hu_chunks: list[pa.Array] = field(default_factory=list)
 
     def add_series(self, subject_id: int, record_id: str, ordered: list[SliceHeader],
                    positions: list[float | None], spacing: float | None, hu: np.ndarray) -> None:
@@ -349,63 +92,176 @@ class ImageColumns:
         return pa.Table.from_pydict({name: arrays[name] for name in IMAGE_SCHEMA.names}, schema=IMAGE_SCHEMA)
 
 
-def ingest_dicom(input_dir: str | Path, key: bytes, out_dir: str | Path, shards: int,
-                 image_size: int = 64) -> dict[str, Any]:
-    """Ingest every file under `input_dir`; write part-<k>, quarantine and manifest; return the manifest."""
+@dataclass
+class DicomResult:
+    """What one job collected: rows, refused inputs, counts, checksums, series tallies."""
+
+    columns: ImageColumns = field(default_factory=ImageColumns)
+    quarantine: list[common.QuarantineRow] = field(default_factory=list)
+    counts: common.RecordCounts = field(default_factory=common.RecordCounts)
+    inputs: dict[str, str] = field(default_factory=dict)
+    series_out: int = 0
+    series_quarantined: int = 0
+
+    def refuse(self, source: str, locator: str, reason: str) -> None:
+        self.quarantine.append(common.QuarantineRow(source, locator, reason))
+        self.counts.records_quarantined += 1
+
+
+def parse_file(data: bytes, path: Path) -> tuple[Dataset, int]:
+    """The header parsed up to the pixel data, and where that starts; RefusedFile when it is not DICOM."""
+    buffer = io.BytesIO(data)
+    try:
+        return pydicom.dcmread(buffer, stop_before_pixels=True), buffer.tell()
+    except InvalidDicomError as exc:
+        raise RefusedFile(f"not a DICOM file: {common.strip_paths(str(exc), path)}") from None
+    except Exception as exc:
+        raise RefusedFile(f"unreadable DICOM header: {type(exc).__name__}: "
+                          f"{common.strip_paths(str(exc), path)[:MAX_REASON_CHARS]}") from None
+
+
+class SeriesCollector:
+    """Reads files one by one for one shard job; keeps the job's slices and their resized pixels."""
+
+    def __init__(self, root: Path, key: bytes, job: common.ShardJob, image_size: int) -> None:
+        self.root, self.key, self.job = root, key, job
+        self.result = DicomResult()
+        self.series: dict[str, list[SliceHeader]] = defaultdict(list)
+        self.series_patients: dict[str, dict[str, None]] = defaultdict(dict)  # raw ids in file order, memory only
+        self.decode_errors: dict[Path, str] = {}
+        self.pixels = FrameResizer(image_size)
+        self._subjects: dict[str, int] = {}
+
+    def owns(self, patient_id: str, source: str) -> bool:
+        if not patient_id:
+            return self.job.owns_unassigned(source)
+        if patient_id not in self._subjects:
+            self._subjects[patient_id] = subject_pseudonym(patient_id, self.key)
+        return self.job.owns_subject(self._subjects[patient_id])
+
+    def add_file(self, path: Path, source: str) -> None:
+        data = path.read_bytes()
+        self.result.inputs[source] = common.sha256_bytes(data)
+        try:
+            ds, pixel_offset = parse_file(data, path)
+            patient_id = "" if is_dicomdir(ds, path) else text(ds, "PatientID")
+            series_uid = text(ds, "SeriesInstanceUID")
+        except RefusedFile as exc:  # no subject: counted by the one job that owns this file's path
+            if self.job.owns_unassigned(source):
+                self.result.counts.records_in += 1
+                self.result.refuse(source, "file", str(exc))
+            return
+        if patient_id and series_uid:
+            self.series_patients[series_uid].setdefault(patient_id)
+        if not self.owns(patient_id, source):
+            return  # another shard's job counts this file
+        self.result.counts.records_in += 1
+        try:
+            slices = read_slice_headers(ds, path, source)
+        except RefusedFile as exc:
+            self.result.refuse(source, "file", str(exc))
+            return
+        try:
+            values, slopes, intercepts = file_values(ds, slices, data, pixel_offset)
+            self.pixels.add([(path, s.frame) for s in slices], values, slopes, intercepts)
+        except Exception as exc:
+            message = common.strip_paths(f"{type(exc).__name__}: {exc}", path, self.root)[:MAX_REASON_CHARS]
+            self.decode_errors[path] = f"pixel data of {source} could not be decoded: {message}"
+        for s in slices:
+            self.series[s.series_uid].append(s)
+
+    def finish(self) -> DicomResult:
+        """Check and assemble every series of this job; refused series go to quarantine file by file."""
+        self.pixels.flush()
+        result = self.result
+        ordered_series = sorted(self.series.items(), key=lambda item: item[1][0].source)
+        for uid, slices in common.progress(ordered_series, "dicom series", "series"):
+            record_id = record_pseudonym(uid, self.key, kind="series")
+            sources = sorted({s.source for s in slices})
+            try:
+                if len(self.series_patients[uid]) > 1:
+                    raise RefusedSeries("slices of the series disagree on PatientID")
+                ordered, positions, spacing = arrange_series(slices)
+                failed = sorted({s.path for s in slices} & self.decode_errors.keys())
+                if failed:
+                    raise RefusedSeries(self.decode_errors[failed[0]])
+            except RefusedSeries as exc:
+                reason = str(exc)
+                log.warning("refused series %s (%d files): %s", record_id, len(sources),
+                            _without_sources(reason, sources))
+                for source in sources:
+                    result.refuse(source, f"series {record_id}", reason)
+                # a series spanning shards is tallied once: by the shard of its first file's patient
+                result.series_quarantined += self.owns(next(iter(self.series_patients[uid])), sources[0])
+                self.pixels.discard([(s.path, s.frame) for s in slices])
+                continue
+            hu = np.stack([self.pixels.results.pop((s.path, s.frame)) for s in ordered])
+            result.columns.add_series(subject_pseudonym(ordered[0].patient_id, self.key), record_id, ordered,
+                                      positions, spacing, hu)
+            result.counts.records_out += len(sources)
+            result.series_out += 1
+        return result
+
+
+def _without_sources(reason: str, sources: list[str]) -> str:
+    """A reason fit for the log: file names may be UIDs, so they stay in the quarantine file only."""
+    for source in sources:
+        reason = reason.replace(source, "<file>")
+    return reason
+
+
+def collect_dicom(root: str | Path, files: Sequence[str | Path], key: bytes, job: common.ShardJob,
+                  image_size: int) -> DicomResult:
+    """Read `files` (under `root`) and keep the records `job` owns: rows, quarantine, counts, checksums."""
     if image_size < 1:
         raise ValueError(f"image_size must be at least 1, got {image_size}")
-    root = Path(input_dir)
-    files = common.list_input_files(root)
-    counts = common.RecordCounts(records_in=len(files))
-    quarantine: list[common.QuarantineRow] = []
-    series: dict[str, list[SliceHeader]] = defaultdict(list)
-    columns = ImageColumns.empty()
+    root = Path(root)
+    collector = SeriesCollector(root, key, job, image_size)
+    sources = sorted((common.source_of(f, root), Path(f)) for f in files)
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its messages may quote header values
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for path in common.progress(files, "dicom headers", "file"):
-            source = common.relative_source(path, root)
-            try:
-                for header in read_slice_headers(path, source):
-                    series[header.series_uid].append(header)
-            except RefusedFile as exc:
-                quarantine.append(common.QuarantineRow(source, "file", str(exc)))
-                counts.records_quarantined += 1
-        series_out = 0
-        ordered_series = sorted(series.items(), key=lambda item: item[1][0].source)
-        for uid, slices in common.progress(ordered_series, "dicom series", "series"):
-            record_id = record_pseudonym(uid, key, kind="series")
-            sources = sorted({s.source for s in slices})
-            try:
-                ordered, positions, spacing = arrange_series(slices)
-                hu = series_pixels(ordered, image_size, root)
-            except RefusedSeries as exc:
-                locator = f"series {record_id}"
-                quarantine.extend(common.QuarantineRow(src, locator, str(exc)) for src in sources)
-                counts.records_quarantined += len(sources)
-                continue
-            columns.add_series(subject_pseudonym(ordered[0].patient_id, key), record_id, ordered, positions,
-                               spacing, hu)
-            counts.records_out += len(sources)
-            series_out += 1
+        for source, path in common.progress(sources, "dicom files", "file"):
+            collector.add_file(path, source)
+        result = collector.finish()
     if caught:
         log.info("suppressed %d pydicom warnings (they may quote header values)", len(caught))
-    return common.write_ingest_outputs(
-        out_dir, "image", columns.table(), shards, quarantine, counts,
-        common.input_checksums(files, root), {"image_size": image_size},
-        {"series_out": series_out, "series_quarantined": len(series) - series_out})
+    return result
+
+
+def _extra(result: DicomResult) -> dict[str, int]:
+    return {"series_out": result.series_out, "series_quarantined": result.series_quarantined}
+
+
+def ingest_dicom(input_dir: str | Path, key: bytes, out_dir: str | Path, shards: int,
+                 image_size: int = 64) -> dict[str, Any]:
+    """Ingest every file under `input_dir`; write part-<k>, quarantine and manifest; return the manifest."""
+    files = common.list_input_files(input_dir)
+    result = collect_dicom(input_dir, files, key, common.WHOLE_INPUT, image_size)
+    return common.write_ingest_outputs(out_dir, "image", result.columns.table(), shards, result.quarantine,
+                                       result.counts, result.inputs, {"image_size": image_size},
+                                       _extra(result))
+
+
+def ingest_dicom_shard(input_dir: str | Path, files: Sequence[str | Path], key: bytes, job: common.ShardJob,
+                       out_part: str | Path, out_quarantine: str | Path, out_manifest: str | Path,
+                       image_size: int = 64) -> dict[str, Any]:
+    """One shard job: write only `job`'s subjects (and its unassigned files) to one part; return the manifest."""
+    result = collect_dicom(input_dir, files, key, job, image_size)
+    return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "image", result.columns.table(),
+                                      job, result.quarantine, result.counts, result.inputs,
+                                      {"image_size": image_size}, _extra(result))
 
 
 def main(argv: list[str] | None = None) -> None:
     common.configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="folder of DICOM files (any depth)")
-    parser.add_argument("--salt-file", required=True, help="secret pseudonym key file")
-    parser.add_argument("--out-dir", required=True, help="results/ingest/image")
-    parser.add_argument("--shards", type=int, required=True, help="number of part-<k>.parquet files")
+    common.add_shard_arguments(parser, "folder of DICOM files (any depth)", "DICOM files (under --input)")
     parser.add_argument("--image-size", type=int, default=64, help="output rows = cols")
     args = parser.parse_args(argv)
-    ingest_dicom(args.input, load_or_create_salt(args.salt_file), args.out_dir, args.shards, args.image_size)
+    ingest_dicom_shard(args.input, args.files, load_or_create_salt(args.salt_file),
+                       common.ShardJob(args.shard, args.shards), args.out_part, args.quarantine, args.manifest,
+                       args.image_size)
 
 
 if __name__ == "__main__":

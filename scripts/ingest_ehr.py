@@ -3,8 +3,11 @@
 Each configured table maps its rows to one or more events: `code` is a template over the row's columns
 (`LAB//{test}`), times are shifted by the subject's keyed date shift, and note text is scrubbed of the
 subject's known identifiers (columns listed under `identifiers`, its raw id, its birth date in common
-formats).
-A bad row is quarantined with its file line; a bad mapping (missing column, unreadable file) fails the job.
+formats, see `ehr_scrub`).
+A bad row (including one that is not valid UTF-8) is quarantined with its file line; a bad mapping (missing
+column, unreadable file) fails the job. A shard job reads each table's `staged` CSV (this shard's rows with
+their original line numbers in a last column `__line__`) and reports sources and lines of the original.
+Every written part is validated against the MEDS 0.4 data schema of the `meds` package.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import string
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 
 import ingest_common as common
+from ehr_scrub import identifier_terms, scrubbed
+from meds_layout import MEDS_VERSION, validate_meds_events
 from pseudonym import date_shift_days, load_or_create_salt, normalise_raw_id, subject_pseudonym
 
 log = logging.getLogger("ingest_ehr")
@@ -35,11 +39,8 @@ MEDS_SCHEMA = pa.schema([
     ("numeric_value", pa.float32()), ("text_value", pa.string()),
 ])
 BIRTH_CODE = "MEDS_BIRTH"
-REDACTED = "[REDACTED]"
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
-IDENTIFIER_DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y%m%d",
-                           "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%Y/%m/%d", "%B %d, %Y", "%d %B %Y")
+LINE_COLUMN = "__line__"  # original 1-based file line of a staged row
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 
 
 class EhrInputError(Exception):
@@ -66,6 +67,7 @@ class TableSpec:
     time: str | None = None
     time_format: str | None = None
     identifiers: tuple[str, ...] = ()
+    staged: str | None = None  # this shard's rows of `path`, with LINE_COLUMN
 
 
 def _checked_keys(raw: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
@@ -126,17 +128,33 @@ def required_columns(spec: TableSpec) -> dict[str, str]:
     return roles
 
 
-def read_table(spec: TableSpec, columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """The CSV as strings (leading zeros kept, empty cells ''); EhrInputError names the file and column."""
-    try:
-        frame = pd.read_csv(spec.path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+def read_table(spec: TableSpec, columns: Iterable[str] | None = None) -> tuple[pd.DataFrame,
+                                                                              dict[int, list[str]]]:
+    """The CSV (or its staged rows) as strings (leading zeros kept, empty cells ''), and the rows whose cells
+    are not valid UTF-8 (those cells blanked); EhrInputError names the file and the column."""
+    path = spec.staged or spec.path
+    try:  # object, not arrow strings: a cell may hold surrogate-escaped bytes until it is checked
+        frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8-sig",
+                            encoding_errors="surrogateescape")
     except Exception as exc:
-        raise EhrInputError(f"{spec.path}: cannot read CSV: {type(exc).__name__}: {exc}") from None
-    for column, role in required_columns(spec).items():
+        raise EhrInputError(f"{path}: cannot read CSV: {type(exc).__name__}: {exc}") from None
+    needed = required_columns(spec)
+    if spec.staged:
+        needed[LINE_COLUMN] = "original line numbers of staged rows"
+    for column, role in needed.items():
         if column not in frame.columns:
-            raise EhrInputError(f"{spec.path}: column '{column}' ({role}) is missing; "
+            raise EhrInputError(f"{path}: column '{column}' ({role}) is missing; "
                                 f"the file has columns {list(frame.columns)}")
-    return frame if columns is None else frame[list(dict.fromkeys(columns))]
+    frame = frame if columns is None else frame[list(dict.fromkeys(columns))]
+    problems: dict[int, list[str]] = defaultdict(list)
+    for column in frame.columns.drop(LINE_COLUMN, errors="ignore"):
+        bad = frame[column].str.contains(NOT_UTF8).to_numpy(dtype=bool)
+        for i in np.flatnonzero(bad):  # the byte is named, never the cell: it may be part of a name
+            byte = ord(NOT_UTF8.search(frame[column].iat[i]).group()) - 0xDC00
+            problems[i].append(f"not valid UTF-8 in column '{column}' (byte 0x{byte:02X})")
+        if bad.any():  # the row is refused; arrow strings cannot hold the escaped bytes
+            frame.loc[bad, column] = frame.loc[bad, column].str.replace(NOT_UTF8, "\ufffd", regex=True)
+    return frame.astype(str), problems
 
 
 def row_start_lines(path: str) -> list[int]:
@@ -144,7 +162,7 @@ def row_start_lines(path: str) -> list[int]:
     import csv  # only needed when a row is refused
 
     lines, previous_end = [], 1
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         next(reader, None)
         for row in reader:
@@ -155,6 +173,16 @@ def row_start_lines(path: str) -> list[int]:
     return lines
 
 
+def row_lines(spec: TableSpec, frame: pd.DataFrame) -> list[str]:
+    """Locator of every row: `line N` of the original file, `row N` if lines cannot be matched."""
+    if spec.staged:
+        return [f"line {int(n)}" for n in frame[LINE_COLUMN]]
+    lines = row_start_lines(spec.path)
+    if len(lines) == len(frame):
+        return [f"line {n}" for n in lines]
+    return [f"row {i + 1}" for i in range(len(frame))]
+
+
 def parse_times(raw: pd.Series, time_format: str | None) -> pd.Series:
     """Naive UTC datetimes (offsets converted), NaT where empty or unparseable."""
     if time_format:
@@ -162,66 +190,6 @@ def parse_times(raw: pd.Series, time_format: str | None) -> pd.Series:
     else:
         parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=True)
     return parsed.dt.tz_localize(None).dt.as_unit("us")
-
-
-def identifier_dates(value: str, extra_formats: Iterable[str] = ()) -> set[date]:
-    """Dates a value can be read as (both readings of an ambiguous 03/04/1956), empty if none."""
-    found = set()
-    for fmt in (*extra_formats, *IDENTIFIER_DATE_FORMATS):
-        try:
-            found.add(datetime.strptime(value.strip(), fmt).date())
-        except ValueError:
-            continue
-    return found
-
-
-def date_variants(day: date) -> set[str]:
-    """Common spellings of a date: ISO, day/month and month/day orders, compact, month names."""
-    y, yy = str(day.year), f"{day.year % 100:02d}"
-    variants = {f"{day.year}{day.month:02d}{day.day:02d}", f"{day.day:02d}{day.month:02d}{day.year}"}
-    for d in {f"{day.day:02d}", str(day.day)}:
-        for m in {f"{day.month:02d}", str(day.month)}:
-            for sep in "-/.":
-                variants |= {sep.join((y, m, d)), sep.join((d, m, y)), sep.join((m, d, y)),
-                             sep.join((d, m, yy)), sep.join((m, d, yy))}
-        for month in {MONTHS[day.month - 1], MONTHS[day.month - 1][:3], MONTHS[day.month - 1][:3] + "."}:
-            variants |= {f"{month} {d}, {y}", f"{month} {d} {y}", f"{d} {month} {y}", f"{d} {month}, {y}"}
-    return variants
-
-
-def identifier_terms(value: str, extra_formats: Iterable[str] = ()) -> set[str]:
-    """What to redact for one identifier value: itself, its date spellings, or its name/number parts."""
-    value = " ".join(value.split())
-    if not value:
-        return set()
-    terms = {value}
-    days = identifier_dates(value, extra_formats)
-    for day in days:
-        terms |= date_variants(day)
-    if not days:  # parts of names and addresses: 'Mr. Smith' must go too
-        terms |= set(re.findall(r"[^\W\d_]{3,}|\d{5,}", value))
-    return terms
-
-
-def raw_id_terms(subject: str) -> set[str]:
-    """A raw subject id and its long digit runs ('MRN 0012345' is also written '0012345')."""
-    return {subject, *re.findall(r"\d{5,}", subject)}
-
-
-def _bounded(term: str) -> str:
-    pattern = r"\s+".join(re.escape(part) for part in term.split())
-    for char, side in ((term[0], "before"), (term[-1], "after")):
-        # a name must not end inside a longer word, a number inside a longer number
-        guard = r"\d" if char.isdigit() else r"[^\W\d_]" if char.isalpha() else None
-        if guard:
-            pattern = f"(?<!{guard}){pattern}" if side == "before" else f"{pattern}(?!{guard})"
-    return pattern
-
-
-def scrub_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
-    """One case-insensitive pattern over all terms, longest first so a full name wins over its parts."""
-    ordered = sorted({t for t in terms if t}, key=lambda t: (-len(t), t))
-    return re.compile("|".join(_bounded(t) for t in ordered), re.IGNORECASE) if ordered else None
 
 
 def collect_identifiers(specs: list[TableSpec]) -> dict[str, set[str]]:
@@ -234,7 +202,7 @@ def collect_identifiers(specs: list[TableSpec]) -> dict[str, set[str]]:
         formats = [spec.time_format] if spec.time_format else []
         if not columns:
             continue
-        frame = read_table(spec, [spec.subject_id, *columns])
+        frame, _ = read_table(spec, [spec.subject_id, *columns])
         for row in frame.itertuples(index=False, name=None):
             subject = normalise_raw_id(row[0])
             if subject:
@@ -254,13 +222,13 @@ class TableResult:
 
 def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> TableResult:
     """Map one table's rows to events; rows with any problem are refused with their file line."""
-    frame = read_table(spec)
-    problems: dict[int, list[str]] = defaultdict(list)
+    frame, problems = read_table(spec)
 
     def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
         for i in np.flatnonzero(np.asarray(mask)):
             if reason not in problems[i]:
                 problems[i].append(reason)
+
 
     subjects = frame[spec.subject_id].str.strip()
     flag(subjects == "", f"missing subject id in column '{spec.subject_id}'")
@@ -299,7 +267,7 @@ def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> Ta
         static = pd.Series(pd.NaT, index=frame.index[ok], dtype="datetime64[us]")
         text: Any = None
         if event.text_value:
-            text = [_scrubbed(value, subject, redact, patterns)
+            text = [scrubbed(value, subject, redact, patterns)
                     for value, subject in zip(frame[event.text_value][ok], subjects[ok], strict=True)]
         events.append(pd.DataFrame({
             "subject_id": subjects[ok].map(pseudonyms).astype("int64"),
@@ -307,21 +275,10 @@ def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> Ta
             "code": codes[event.code][ok],
             "numeric_value": (numbers[event.numeric_value][ok] if event.numeric_value else np.nan),
             "text_value": text}).astype({"numeric_value": "float32"}))
-    lines = row_start_lines(spec.path) if problems else []
-    refused = [common.QuarantineRow(
-        spec.path, f"line {lines[i]}" if len(lines) == len(frame) else f"row {i + 1}", "; ".join(reasons))
-        for i, reasons in sorted(problems.items())]
+    lines = row_lines(spec, frame) if problems else []
+    refused = [common.QuarantineRow(spec.path, lines[i], "; ".join(reasons))
+               for i, reasons in sorted(problems.items())]
     return TableResult(pd.concat(events, ignore_index=True), refused, len(frame))
-
-
-def _scrubbed(text: str, subject: str, redact: dict[str, set[str]],
-              patterns: dict[str, re.Pattern[str] | None]) -> str | None:
-    if text == "":
-        return None
-    if subject not in patterns:
-        patterns[subject] = scrub_pattern(redact.get(subject, set()) | raw_id_terms(subject))
-    pattern = patterns[subject]
-    return pattern.sub(REDACTED, text) if pattern else text
 
 
 def events_table(frames: list[pd.DataFrame]) -> pa.Table:
@@ -334,9 +291,9 @@ def events_table(frames: list[pd.DataFrame]) -> pa.Table:
     return table.sort_by([("subject_id", "ascending", "at_start"), ("time", "ascending", "at_start")])
 
 
-def ingest_ehr(tables: list[dict[str, Any]], key: bytes, out_dir: str | Path, shards: int) -> dict[str, Any]:
-    """Ingest the configured tables; write part-<k>, quarantine and manifest; return the manifest."""
-    specs = parse_table_specs(tables)
+def collect_events(specs: list[TableSpec], key: bytes) -> tuple[pa.Table, list[common.QuarantineRow],
+                                                                 common.RecordCounts, dict[str, str]]:
+    """Events of every table (MEDS-validated), refused rows, counts and input checksums."""
     redact = collect_identifiers(specs)
     counts = common.RecordCounts()
     quarantine: list[common.QuarantineRow] = []
@@ -348,10 +305,36 @@ def ingest_ehr(tables: list[dict[str, Any]], key: bytes, out_dir: str | Path, sh
         counts.records_out += result.rows - len(result.refused)
         quarantine.extend(result.refused)
         frames.append(result.events)
-    inputs = {spec.path: common.sha256_file(spec.path) for spec in specs}
-    params = {"tables": [asdict(spec) for spec in specs]}
-    return common.write_ingest_outputs(out_dir, "ehr", events_table(frames), shards, quarantine, counts,
-                                       inputs, params)
+    table = events_table(frames)
+    validate_meds_events(table)
+    # the original table's checksum: every shard job reports the same, so merged manifests agree
+    inputs = {spec.path: common.sha256_file(spec.path if Path(spec.path).exists() or not spec.staged
+                                            else spec.staged) for spec in specs}
+    return table, quarantine, counts, inputs
+
+
+def _params(specs: list[TableSpec]) -> dict[str, Any]:
+    return {"tables": [{k: v for k, v in asdict(spec).items() if k != "staged"} for spec in specs]}
+
+
+def ingest_ehr(tables: list[dict[str, Any]], key: bytes, out_dir: str | Path, shards: int) -> dict[str, Any]:
+    """Ingest the configured tables; write part-<k>, quarantine and manifest; return the manifest."""
+    specs = parse_table_specs(tables)
+    table, quarantine, counts, inputs = collect_events(specs, key)
+    return common.write_ingest_outputs(out_dir, "ehr", table, shards, quarantine, counts, inputs,
+                                       _params(specs), {"meds_version": MEDS_VERSION})
+
+
+def ingest_ehr_shard(tables: list[dict[str, Any]], key: bytes, job: common.ShardJob, out_part: str | Path,
+                     out_quarantine: str | Path, out_manifest: str | Path) -> dict[str, Any]:
+    """One shard job over the tables' `staged` rows: one part, its quarantine and manifest."""
+    specs = parse_table_specs(tables)
+    unstaged = [spec.path for spec in specs if not spec.staged]
+    if unstaged:
+        raise EhrInputError(f"{unstaged[0]}: a shard job needs the table's 'staged' CSV")
+    table, quarantine, counts, inputs = collect_events(specs, key)
+    return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "ehr", table, job, quarantine,
+                                      counts, inputs, _params(specs), {"meds_version": MEDS_VERSION})
 
 
 def load_tables_json(text_or_path: str) -> list[dict[str, Any]]:
@@ -366,13 +349,12 @@ def load_tables_json(text_or_path: str) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     common.configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables-json", required=True, help="inputs.ehr of the config: JSON text or file")
-    parser.add_argument("--salt-file", required=True, help="secret pseudonym key file")
-    parser.add_argument("--out-dir", required=True, help="results/ingest/ehr")
-    parser.add_argument("--shards", type=int, required=True, help="number of part-<k>.parquet files")
+    parser.add_argument("--tables-json", required=True,
+                        help="inputs.ehr of the config, each table with a 'staged' CSV: JSON text or file")
+    common.add_shard_arguments(parser, "", None)
     args = parser.parse_args(argv)
-    key = load_or_create_salt(args.salt_file)
-    ingest_ehr(load_tables_json(args.tables_json), key, args.out_dir, args.shards)
+    ingest_ehr_shard(load_tables_json(args.tables_json), load_or_create_salt(args.salt_file),
+                     common.ShardJob(args.shard, args.shards), args.out_part, args.quarantine, args.manifest)
 
 
 if __name__ == "__main__":

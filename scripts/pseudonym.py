@@ -49,7 +49,7 @@ def normalise_raw_id(raw_id: object) -> str:
 
 
 def _digest(key: bytes, namespace: bytes, raw: str) -> bytes:
-    return hmac.new(key, namespace + b"\x00" + raw.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.digest(key, namespace + b"\x00" + raw.encode("utf-8"), "sha256")
 
 
 def subject_pseudonym(raw_id: object, key: bytes) -> int:

@@ -16,7 +16,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from ingest_dicom import ingest_dicom, main, resize_frames
+from dicom_pixels import resize_frames
+from dicom_series import HEADER_ALLOW_LIST, header_value
+from ingest_dicom import ingest_dicom, main
 from parquet_io import read_metadata, read_tables
 from pseudonym import record_pseudonym, subject_pseudonym
 
@@ -151,89 +153,6 @@ def test_rle_compressed_series_decodes_like_uncompressed(tmp_path):
     np.testing.assert_array_equal(np.array(rows[0]["hu"]).reshape(8, 8), stored - 1024.0)
 
 
-def _multiframe_without_groups(path: Path) -> None:
-    ct_slice(path, series_uid="1.2.60", stored=np.zeros((3, 8, 8)), NumberOfFrames=3)
-
-
-def _rgb(path: Path) -> None:
-    ct_slice(path, series_uid="1.2.61", stored=np.zeros((8, 8, 3)), SamplesPerPixel=3,
-             PhotometricInterpretation="RGB", PlanarConfiguration=0, BitsAllocated=16)
-
-
-BAD_FILES = {
-    "notes.txt": (lambda p: p.write_text("not dicom at all"), None),
-    "DICOMDIR": (lambda p: shutil.copy(get_testdata_file("DICOMDIR"), p),
-                 "DICOMDIR (media directory index), not an image"),
-    "nopid.dcm": (lambda p: ct_slice(p, series_uid="1.2.50", patient_id=""), "missing PatientID"),
-    "noseries.dcm": (lambda p: ct_slice(p, series_uid="1.2.51", SeriesInstanceUID=None),
-                     "missing SeriesInstanceUID"),
-    "nospacing.dcm": (lambda p: ct_slice(p, series_uid="1.2.52", PixelSpacing=None), "missing PixelSpacing"),
-    "seg.dcm": (lambda p: ct_slice(p, series_uid="1.2.53", Modality="SEG"), "Modality SEG is not an image"),
-    "rgb.dcm": (_rgb, "not a greyscale image (SamplesPerPixel=3, PhotometricInterpretation=RGB)"),
-    "cine.dcm": (_multiframe_without_groups,
-                 "multi-frame not supported yet: 3 frames without per-frame functional groups"),
-    "badpos.dcm": (lambda p: ct_slice(p, series_uid="1.2.54", ImagePositionPatient=["1", "2"]),
-                   "malformed ImagePositionPatient (expected 3 numbers)"),
-    "halfgeom.dcm": (lambda p: ct_slice(p, series_uid="1.2.55", ImagePositionPatient=None),
-                     "ImageOrientationPatient and ImagePositionPatient must both be present or both absent"),
-}
-
-
-def test_bad_files_are_quarantined_with_their_reason(tmp_path):
-    (tmp_path / "in" / "deep").mkdir(parents=True)
-    for name, (make, _) in BAD_FILES.items():
-        make(tmp_path / "in" / "deep" / name)
-    ct_slice(tmp_path / "in" / "good.dcm", series_uid="1.2.99")
-    manifest, rows, quarantine = run(tmp_path)
-    assert (manifest["records_in"], manifest["records_out"]) == (len(BAD_FILES) + 1, 1)
-    assert len(rows) == 1 and {q["locator"] for q in quarantine} == {"file"}
-    got = reasons(quarantine)
-    for name, (_, reason) in BAD_FILES.items():
-        if reason is None:
-            assert got[f"deep/{name}"].startswith("not a DICOM file: ") and "DICM" in got[f"deep/{name}"]
-        else:
-            assert got[f"deep/{name}"] == reason
-
-
-def _series(tmp_path: Path, uid: str, *slices: dict) -> list[str]:
-    names = []
-    for i, kwargs in enumerate(slices):
-        ct_slice(tmp_path / "in" / uid / f"IM{i}", series_uid=uid, instance=i + 1, **kwargs)
-        names.append(f"{uid}/IM{i}")
-    return names
-
-
-def test_incoherent_series_are_refused_whole(tmp_path):
-    expected = {}
-    for names, reason in [
-        (_series(tmp_path, "1.1", {"z": 0}, {"z": 5, "orientation": (1, 0, 0, 0, 0, -1)}),
-         "slices disagree on ImageOrientationPatient (a localizer in the series?)"),
-        (_series(tmp_path, "1.2", {"z": 0}, {"z": 5, "rows": 16, "cols": 16}),
-         "slices disagree on Rows/Columns (8x8, 16x16)"),
-        (_series(tmp_path, "1.3", {"z": 0}, {"z": 5, "spacing": (0.7, 0.7)}),
-         "slices disagree on PixelSpacing ([0.5, 0.5] vs [0.7, 0.7] mm)"),
-        (_series(tmp_path, "1.4", {"z": 0}, {"z": 5}, {"z": 5}),
-         "duplicate slice positions: 1 of 3 slices repeat the position of another"),
-        (_series(tmp_path, "1.5", {"z": 0}, {"z": 5, "patient_id": "OTHER-PATIENT"}),
-         "slices of the series disagree on PatientID"),
-        (_series(tmp_path, "1.6", {"ImagePositionPatient": None, "ImageOrientationPatient": None},
-                 {"ImagePositionPatient": None, "ImageOrientationPatient": None, "InstanceNumber": 1}),
-         "cannot order slices: no ImagePositionPatient and InstanceNumber missing or repeated"),
-        (_series(tmp_path, "1.7", {"z": 0}, {"z": 5, "PixelData": b"\x00\x01"}),
-         "pixel data of 1.7/IM1 could not be decoded: "),
-    ]:
-        expected.update({name: reason for name in names})
-    _series(tmp_path, "1.8", {"z": 0}, {"z": 5})
-    manifest, rows, quarantine = run(tmp_path)
-    assert (manifest["records_in"], manifest["records_out"], len(rows)) == (len(expected) + 2, 2, 2)
-    assert manifest["series_quarantined"] == 7 and manifest["series_out"] == 1
-    got = reasons(quarantine)
-    for name, reason in expected.items():
-        assert got[name].startswith(reason) if reason.endswith(": ") else got[name] == reason, name
-    locators = {q["locator"] for q in quarantine if q["source"].startswith("1.4/")}
-    assert locators == {"series " + record_pseudonym("1.4", KEY, kind="series")}
-
-
 def test_corrupt_jpeg2000_quarantines_its_series_with_the_decoders_reason(tmp_path):
     ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -286,15 +205,27 @@ def test_real_pydicom_files_ingest_or_quarantine_with_reason(tmp_path):
     assert -1000 < hu.min() < -500 and 500 < hu.max() < 1200  # air and dense tissue in Hounsfield units
 
 
+def shard_cli(tmp_path: Path, shards: int = 3, image_size: int = 4) -> list[Path]:
+    """Run the per-shard CLI for every shard over tmp_path/in; return the part paths."""
+    files = [str(p) for p in sorted((tmp_path / "in").rglob("*")) if p.is_file()]
+    for k in range(shards):
+        main(["--input", str(tmp_path / "in"), "--files", *files, "--shard", str(k), "--shards", str(shards),
+              "--salt-file", str(tmp_path / "salt"), "--out-part", str(tmp_path / "out" / f"part-{k}.parquet"),
+              "--quarantine", str(tmp_path / "out" / f"quarantine-{k}.parquet"),
+              "--manifest", str(tmp_path / "out" / f"manifest-{k}.json"), "--image-size", str(image_size)])
+    return [tmp_path / "out" / f"part-{k}.parquet" for k in range(shards)]
+
+
 def test_no_raw_identifier_in_any_output_byte_or_log(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     series_uid = "1.2.826.0.1.3680043.8.498.12345"
     for i in range(2):
-        ct_slice(tmp_path / "in" / f"IM{i}", series_uid=series_uid, z=float(i))
+        ct_slice(tmp_path / "in" / f"IM{i}", series_uid=series_uid, z=float(i),
+                 InstitutionName="Secret General Hospital", StudyDate="20200314",
+                 ReferringPhysicianName="Dr^Who")
     ct_slice(tmp_path / "in" / "bad", series_uid=series_uid + ".9", rows=4, cols=4, PixelData=b"\x00")
-    main(["--input", str(tmp_path / "in"), "--salt-file", str(tmp_path / "salt"), "--out-dir",
-          str(tmp_path / "out"), "--shards", "3", "--image-size", "4"])
-    secrets = [PATIENT_ID, "Janet", BIRTH_DATE, series_uid, "1.2.3.4"]
+    shard_cli(tmp_path)
+    secrets = [PATIENT_ID, "Janet", BIRTH_DATE, series_uid, "1.2.3.4", "Secret General", "20200314", "Who"]
     texts = [caplog.text]
     for path in (tmp_path / "out").iterdir():
         texts.append(path.read_bytes().decode("latin-1"))
@@ -304,4 +235,39 @@ def test_no_raw_identifier_in_any_output_byte_or_log(tmp_path, caplog):
     for text in texts:
         for secret in secrets:
             assert secret not in text
+    owner = subject_pseudonym(PATIENT_ID, (tmp_path / "salt").read_text().strip().encode()) % 3
     assert "ingest image: records_in=3 records_out=2 records_quarantined=1 rows_written=2" in caplog.text
+    manifest = json.loads((tmp_path / "out" / f"manifest-{owner}.json").read_text())
+    assert (manifest["shard"], manifest["records_out"], manifest["series_quarantined"]) == (owner, 2, 1)
+
+
+def test_output_depends_only_on_the_allow_list(tmp_path):
+    """Changing every attribute that is not allow-listed changes no output byte of the image rows."""
+    uid = "1.2.40"
+    for i in range(3):
+        ct_slice(tmp_path / "a" / "in" / f"IM{i}", series_uid=uid, z=2.0 * i)
+        ct_slice(tmp_path / "b" / "in" / f"IM{i}", series_uid=uid, z=2.0 * i, PatientName="Other^Name",
+                 PatientBirthDate="19990101", StudyInstanceUID="9.9.9", StudyDate="20010101",
+                 InstitutionName="Elsewhere", Manufacturer="ACME", PatientSex="M", AccessionNumber="A123")
+    _, rows_a, _ = run(tmp_path / "a")
+    _, rows_b, _ = run(tmp_path / "b")
+    assert rows_a == rows_b and len(rows_a) == 3
+
+
+def test_header_values_come_only_from_the_allow_list(tmp_path):
+    ds = pydicom.dcmread(ct_slice(tmp_path / "a.dcm", series_uid="1.2.41"))
+    assert header_value(ds, "Rows") == 8 and header_value(ds, "PixelSpacing") == [0.5, 0.5]
+    assert header_value(ds, "ImageType") is None  # allow-listed, absent
+    with pytest.raises(KeyError, match="PatientName is not on the de-identification allow-list"):
+        header_value(ds, "PatientName")
+    assert {"PatientName", "PatientBirthDate", "StudyDate", "InstitutionName"}.isdisjoint(HEADER_ALLOW_LIST)
+
+
+def test_multiframe_cine_without_geometry_keeps_stored_frame_order(tmp_path):
+    frames = np.stack([np.full((8, 8), 10 * f) for f in range(3)])
+    ct_slice(tmp_path / "in" / "cine.dcm", series_uid="1.2.42", stored=frames, NumberOfFrames=3,
+             ImagePositionPatient=None, ImageOrientationPatient=None)
+    manifest, rows, quarantine = run(tmp_path)
+    assert quarantine == [] and manifest["records_out"] == 1
+    assert [r["hu"][0] for r in rows] == [-1024.0, -1014.0, -1004.0]
+    assert [r["slice_index"] for r in rows] == [0, 1, 2] and {r["n_slices"] for r in rows} == {3}

@@ -11,8 +11,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from ehr_scrub import date_variants
 from ingest_dicom import ingest_dicom
-from ingest_ehr import MEDS_SCHEMA, EhrInputError, date_variants, ingest_ehr, main
+from ingest_ehr import MEDS_SCHEMA, EhrInputError, ingest_ehr, main
 from ingest_fasta import ingest_fasta
 from parquet_io import read_metadata, read_tables
 from pseudonym import date_shift_days, subject_pseudonym
@@ -150,23 +151,33 @@ def test_date_variants_cover_common_spellings():
 
 
 def test_cli_outputs_and_logs_hold_no_raw_identifier(tmp_path, caplog):
+    from test_ingest_shards import stage_tables
+
     caplog.set_level(logging.INFO)
     write(tmp_path, "patients.csv", PATIENTS + "9999999,Zed Quux,X,not-a-date,\n")
     write(tmp_path, "notes.csv",
           'patient_id,charttime,text\n00042,2020-01-01,"Janet Doe, 14/03/1956, 7 Elm Road"\n')
-    main(["--tables-json", json.dumps(tables(tmp_path, PATIENTS_TABLE, NOTES_TABLE)), "--salt-file",
-          str(tmp_path / "salt"), "--out-dir", str(tmp_path / "out"), "--shards", "2"])
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert (manifest["records_in"], manifest["records_quarantined"]) == (4, 1)
-    raw_bytes = [path.read_bytes().decode("latin-1") for path in (tmp_path / "out").iterdir()]
+    (tmp_path / "salt").write_text("s" * 64)
+    staged = stage_tables(tables(tmp_path, PATIENTS_TABLE, NOTES_TABLE), b"s" * 64, 2, tmp_path / "staged")
+    out = tmp_path / "out"
+    for k in range(2):
+        main(["--tables-json", json.dumps(staged[k]), "--shard", str(k), "--shards", "2", "--salt-file",
+              str(tmp_path / "salt"), "--out-part", str(out / f"part-{k}.parquet"),
+              "--quarantine", str(out / f"quarantine-{k}.parquet"), "--manifest", str(out / f"manifest-{k}.json")])
+    manifests = [json.loads((out / f"manifest-{k}.json").read_text()) for k in range(2)]
+    assert sum(m["records_in"] for m in manifests) == 4 and sum(m["records_quarantined"] for m in manifests) == 1
+    assert {m["meds_version"] for m in manifests} == {"0.4.1"}
+    raw_bytes = [path.read_bytes().decode("latin-1") for path in out.iterdir()]
     decoded = [caplog.text] + [str(pq.read_table(path).to_pylist()) + str(pq.read_schema(path).metadata)
-                               for path in (tmp_path / "out").glob("*.parquet")]
+                               for path in out.glob("*.parquet")]
     long_secrets = ["Janet", "Smith", "1956-03-14", "14/03/1956", "7 Elm", "00042", "9999999"]
     for secret in long_secrets:  # parquet footers hold column statistics in plain bytes
         assert not any(secret in text for text in raw_bytes), secret
     for secret in [*long_secrets, "Doe", "Zed", "Quux", "Elm"]:
         assert not any(secret in text for text in decoded), secret
-    assert "ingest ehr: records_in=4 records_out=3 records_quarantined=1 rows_written=5" in caplog.text
+    refused = [row for k in range(2) for row in pq.read_table(out / f"quarantine-{k}.parquet").to_pylist()]
+    assert refused == [{"source": str(tmp_path / "patients.csv"), "locator": "line 4",
+                        "reason": "unparseable time in column 'birth_date' (expected ISO 8601)"}]
 
 
 def test_same_raw_id_gives_one_subject_id_across_modalities(tmp_path):

@@ -162,9 +162,11 @@ def all_outputs(stage):
 
 # ---- code each stage runs: an input, so editing it re-runs the stage (mtime trigger) ----
 STAGE_CODE = {
-    "ingest_dicom": ["ingest_dicom.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
-    "ingest_fasta": ["ingest_fasta.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
-    "ingest_ehr": ["ingest_ehr.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
+    "ingest_dicom": ["ingest_dicom.py", "dicom_series.py", "dicom_pixels.py", "ingest_common.py", "pseudonym.py",
+                     "parquet_io.py"],
+    "ingest_fasta": ["ingest_fasta.py", "fasta_windows.py", "ingest_common.py", "pseudonym.py", "parquet_io.py"],
+    "ingest_ehr": ["ingest_ehr.py", "ehr_scrub.py", "meds_layout.py", "ingest_common.py", "pseudonym.py",
+                   "parquet_io.py"],
     "ingest_manifest": ["ingest_common.py", "pseudonym.py", "parquet_io.py"],
     "split": ["subject_split.py", "pseudonym.py", "parquet_io.py"],
     "labels": ["task_labels.py", "pseudonym.py", "parquet_io.py"],
