@@ -3,7 +3,7 @@
 
 rule summary_report:
     input:
-        metrics=all_outputs("evaluate"),
+        metrics=stage_outputs("evaluate"),
         code=stage_code("report"),
     output:
         summary_report(),
