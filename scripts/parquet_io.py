@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = "1"
 METADATA_KEY = b"mmhealth"
 ROW_GROUP_SIZE = 8192
+# Readers stream one row group at a time: cap its size in bytes too (image rows are ~50 KB each).
+ROW_GROUP_BYTES = 64 * 2**20
 
 
 def with_metadata(table: pa.Table, stage: str, params: dict[str, Any] | None = None) -> pa.Table:
@@ -26,13 +28,22 @@ def with_metadata(table: pa.Table, stage: str, params: dict[str, Any] | None = N
     return table.replace_schema_metadata(meta)
 
 
+def row_group_rows(table: pa.Table, max_rows: int = ROW_GROUP_SIZE, max_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Rows per row group: at most max_rows, and about max_bytes of uncompressed data."""
+    if table.num_rows == 0:
+        return max_rows
+    bytes_per_row = max(1, table.nbytes // table.num_rows)
+    return max(1, min(max_rows, max_bytes // bytes_per_row))
+
+
 def write_table(table: pa.Table, path: str | os.PathLike, stage: str, params: dict[str, Any] | None = None,
-                row_group_size: int = ROW_GROUP_SIZE) -> None:
+                row_group_size: int | None = None) -> None:
     """Write atomically (temp file + rename) so a killed job never leaves a half-written shard behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(with_metadata(table, stage, params), tmp, compression="zstd", row_group_size=row_group_size)
+    pq.write_table(with_metadata(table, stage, params), tmp, compression="zstd",
+                   row_group_size=row_group_size or row_group_rows(table))
     os.replace(tmp, path)
 
 
