@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,18 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from parquet_io import write_json
+
 log = logging.getLogger("leakage_audit")
 
 ON_LEAK = ("fail", "warn")
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temp file + rename), like the Parquet outputs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class LeakageError(SystemExit):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import logging
 import os
 import sys
@@ -27,22 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from parquet_io import write_table
+from parquet_io import write_json, write_table
 
 log = logging.getLogger("meds_layout")
 
 MEDS_VERSION = "0.4.1"  # the `meds` package whose schemas are used (pyproject pins the same)
 SPLIT_NAMES = {"train": "train", "val": "tuning", "test": "held_out"}
 STAGE = "meds_layout"
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temp file + rename), like the Parquet outputs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class MedsValidationError(ValueError):

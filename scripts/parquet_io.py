@@ -47,6 +47,15 @@ def write_table(table: pa.Table, path: str | os.PathLike, stage: str, params: di
     os.replace(tmp, path)
 
 
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically (temp file + rename), like the Parquet outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The mmhealth metadata block of a Parquet file written by `write_table`."""
     meta = pq.read_schema(path).metadata or {}
