@@ -29,12 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from special_tokens import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID  # noqa: F401 (re-exported)
 from subject_split import split_of
 
 log = logging.getLogger("fit_tokenizer")
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 MODALITY_MODULES = {"text": "tokenize_text", "ehr": "tokenize_ehr", "dna": "tokenize_dna", "image": "tokenize_image"}
 SPLITS = ("train", "val", "test")
 TOKEN_SCHEMA = pa.schema([("subject_id", pa.int64()), ("record_id", pa.string()),

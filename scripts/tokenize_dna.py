@@ -21,10 +21,10 @@ import pyarrow.compute as pc
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from fit_tokenizer import CLS_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, ids_table, save_fast_tokenizer
+from kmers import KMER_CONFIG_FILE, reverse_complement_ids  # noqa: F401 (part of this module's interface)
 
 log = logging.getLogger("tokenize_dna")
 
-KMER_CONFIG_FILE = "kmer_config.json"
 MAX_K = 10  # 4^10 k-mers is already a 1 M-token vocabulary
 BATCH_ROWS = 8192  # windows per numpy batch: bounds memory on long parts
 BASES = b"ACGT"
@@ -113,27 +113,6 @@ def kmer_ids_batch(sequences: pa.Array | pa.ChunkedArray | Sequence[str], k: int
 def kmer_ids(sequence: str, k: int = 6, stride: int = 1, max_length: int = 512) -> np.ndarray:
     """Token ids of one sequence ([CLS] k-mers [SEP]), as int32."""
     return kmer_ids_batch([sequence], k, stride, max_length).values.to_numpy()
-
-
-def reverse_complement_ids(ids: Sequence[int] | np.ndarray, k: int) -> np.ndarray:
-    """Ids of the reverse complement: k-mers reversed in order and each reverse-complemented.
-
-    Leading and trailing special tokens ([CLS], [SEP], [PAD]) stay where they are; [UNK] k-mers stay [UNK].
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    is_edge_special = (ids < N_SPECIAL) & (ids != UNK_ID)
-    lead = int(np.argmin(is_edge_special)) if not is_edge_special.all() else len(ids)
-    trail = int(np.argmin(is_edge_special[::-1])) if lead < len(ids) else 0
-    body = ids[lead:len(ids) - trail][::-1].copy()
-    kmer = body >= N_SPECIAL
-    value = body[kmer] - N_SPECIAL
-    complement = (4**k - 1) - value  # complementing every base: c -> 3 - c in each base-4 digit
-    reversed_value = np.zeros_like(complement)
-    for _ in range(k):
-        reversed_value = reversed_value * 4 + complement % 4
-        complement //= 4
-    body[kmer] = reversed_value + N_SPECIAL
-    return np.concatenate([ids[:lead], body, ids[len(ids) - trail:]]).astype(np.int32)
 
 
 def fit_tokenizer(train_rows: pa.Table, out_dir: str | os.PathLike, params: DnaParams) -> None:

@@ -50,7 +50,27 @@ class FinetuneConfig:
     trainable_layers: int = 1
     lora_r: int = 8
     label_smoothing: float = 0.1
+    reverse_complement: bool = False
     seed: int = 0
+
+
+def dna_k(tokens_root: Path) -> int:
+    from kmers import KMER_CONFIG_FILE
+
+    return int(json.loads((tokens_root / "dna" / "tokenizer" / KMER_CONFIG_FILE).read_text())["k"])
+
+
+def reverse_complement_half(batch: dict, k: int, rng: np.random.Generator) -> None:
+    """Augmentation: each DNA row of the batch becomes its reverse complement with probability 1/2
+    (a read and its reverse complement carry the same biology)."""
+    from kmers import reverse_complement_ids
+
+    rows = batch["inputs"].get("dna")
+    if rows is None:
+        return
+    ids, mask = rows["input_ids"], rows["attention_mask"].bool()
+    for i in np.flatnonzero(rng.random(len(ids)) < 0.5):
+        ids[i, mask[i]] = torch.as_tensor(reverse_complement_ids(ids[i, mask[i]].numpy(), k), dtype=ids.dtype)
 
 
 def pick_device() -> torch.device:
@@ -145,7 +165,7 @@ def evaluate_split(model: FusionClassifier, data: BagData, cfg: FinetuneConfig, 
 
 
 def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConfig, device: torch.device,
-        history_path: Path) -> dict:
+        history_path: Path, dna_kmer: int | None = None) -> dict:
     """Train with early stopping on validation loss; leaves the best epoch's weights in `model`."""
     rng = np.random.default_rng(cfg.seed)
     model.to(device)
@@ -164,6 +184,8 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
                 if len(units) < 2:
                     continue  # the head's batch norm needs two units; the unit is seen again next epoch
                 batch = collate(train, units, cfg.max_rows_per_bag, rng)
+                if cfg.reverse_complement and dna_kmer:
+                    reverse_complement_half(batch, dna_kmer, rng)
                 with autocast(device):
                     logits = model(to_device(batch, device), len(units))
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device),
@@ -264,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
              sum(p.numel() for p in model.parameters()), trainable, cfg.strategy)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    best = fit(model, data["train"], data["val"], cfg, device, args.out_dir / "training.jsonl")
+    kmer = dna_k(args.tokens_root) if cfg.reverse_complement and "dna" in modalities else None
+    best = fit(model, data["train"], data["val"], cfg, device, args.out_dir / "training.jsonl", kmer)
     merge_adapters(model)
     model.cpu().save(args.out_dir, {m: args.tokens_root / m / "tokenizer" for m in modalities})
     (args.out_dir / "labels.json").write_text(json.dumps({"classes": classes}, indent=2) + "\n")

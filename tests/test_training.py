@@ -106,3 +106,18 @@ def test_pretrained_local_encoder_path(tmp_path):
     assert out.shape == (1, 4, 384) and torch.isfinite(out).all()
     with pytest.raises(OSError):
         models.pretrained_encoder(tmp_path / "no-such-model")
+
+
+def test_reverse_complement_augmentation_flips_about_half_the_rows():
+    from kmers import reverse_complement_ids
+
+    forward = [2, 10, 20, 30, 3, 0]  # [CLS], three 3-mer ids, [SEP], padding
+    mask = [1, 1, 1, 1, 1, 0]
+    batch = {"inputs": {"dna": {"input_ids": torch.tensor([forward] * 64),
+                                "attention_mask": torch.tensor([mask] * 64)}}}
+    train.reverse_complement_half(batch, 3, np.random.default_rng(0))
+    rows = batch["inputs"]["dna"]["input_ids"].tolist()
+    flipped = [r for r in rows if r != forward]
+    assert 16 < len(flipped) < 48
+    expected = [*reverse_complement_ids(forward[:5], 3).tolist(), 0]
+    assert all(r == expected for r in flipped) and expected[0] == 2 and expected[4] == 3
