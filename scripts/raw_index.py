@@ -133,11 +133,31 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 def build_index(inputs: dict, salt_file: str, shards: int, staging: str) -> RawIndex:
-    """Index every configured raw input into per-shard file lists, reusing the cache for unchanged files."""
-    key = load_or_create_salt(salt_file)
+    """Index every configured raw input into per-shard file lists, reusing the cache for unchanged files.
+
+    A configured input that does not exist is listed as it is, for every shard, so Snakemake stops with
+    its usual "Missing input files" naming it (and `--lint` still works on a fresh clone).
+    """
     regex_text = inputs.get("fasta_subject_regex", "")
     staging_dir = Path(staging)
     cache_path = staging_dir / "index.json"
+    index = RawIndex(shards=shards)
+    missing = {name: path for name, path in (("dicom", inputs.get("dicom")), ("fasta", inputs.get("fasta")))
+               if path and not os.path.isdir(path)}
+    missing.update({f"ehr{n}": t["path"] for n, t in enumerate(inputs.get("ehr") or [])
+                    if not os.path.isfile(t["path"])})
+    for name, path in missing.items():
+        target = index.ehr if name.startswith("ehr") else getattr(index, name)
+        for shard in range(shards):
+            target.setdefault(shard, []).append(path)
+    present = {k for k in ("dicom", "fasta") if inputs.get(k) and k not in missing}
+    tables = [t for n, t in enumerate(inputs.get("ehr") or []) if f"ehr{n}" not in missing]
+    if missing and (present or tables):
+        return index  # a run would stop at the missing input anyway; index nothing until it is there
+    if not (present or tables):
+        return index
+
+    key = load_or_create_salt(salt_file)
     fingerprint = _fingerprint(key, shards, regex_text)
     cache = {}
     if cache_path.exists():
@@ -145,7 +165,6 @@ def build_index(inputs: dict, salt_file: str, shards: int, staging: str) -> RawI
         if cache.get("fingerprint") != fingerprint:
             cache = {}
     fresh = {"fingerprint": fingerprint, "dicom": {}, "fasta": {}, "ehr": {}}
-    index = RawIndex(shards=shards)
 
     def indexed(kind: str, root: str, reader) -> dict[int, list[str]]:
         by_shard: dict[int, list[str]] = defaultdict(list)
@@ -160,13 +179,13 @@ def build_index(inputs: dict, salt_file: str, shards: int, staging: str) -> RawI
                 by_shard[shard].append(path)
         return dict(by_shard)
 
-    if inputs.get("dicom") and os.path.isdir(inputs["dicom"]):
+    if "dicom" in present:
         root = inputs["dicom"]
         index.dicom = indexed("dicom", root, lambda p: dicom_file_shards(p, root, key, shards))
-    if inputs.get("fasta") and os.path.isdir(inputs["fasta"]):
+    if "fasta" in present:
         root, regex = inputs["fasta"], re.compile(regex_text)
         index.fasta = indexed("fasta", root, lambda p: fasta_file_shards(p, root, key, shards, regex))
-    for number, table in enumerate(inputs.get("ehr") or []):
+    for number, table in enumerate(tables):
         out_dir = staging_dir / "ehr" / f"table-{number}"
         stat = _stat(table["path"])
         staged = [out_dir / f"shard-{k}.csv" for k in range(shards)]
