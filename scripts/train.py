@@ -218,12 +218,15 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
     return best
 
 
-def encoder_source(model_spec: dict) -> str:
+def encoder_source(model_spec: dict, modalities: list[str]) -> str:
     if "path" in model_spec:
         return f"pretrained, local folder {model_spec['path']}"
-    pretrained = ", ".join(f"{m} from {p}" for m, p in model_spec.get("encoders", {}).items())
-    fresh = "initialised from config " + json.dumps(model_spec.get("init", {}))
-    return f"{pretrained}; others {fresh}" if pretrained else fresh
+    given = model_spec.get("encoders", {})
+    parts = [f"{m} from {given[m]}" for m in modalities if m in given]
+    fresh = [m for m in modalities if m not in given]
+    if fresh:
+        parts.append(f"{', '.join(fresh)} initialised from config {json.dumps(model_spec.get('init', {}))}")
+    return "; ".join(parts)
 
 
 def model_card(task: str, modalities: list[str], classes: list[str], cfg: FinetuneConfig, model_spec: dict,
@@ -234,9 +237,10 @@ def model_card(task: str, modalities: list[str], classes: list[str], cfg: Finetu
 
 - **Task**: classify {', '.join(modalities)} data of a subject (or record) into {classes}.
 - **Architecture**: per modality a transformers encoder (`encoder-<modality>/`, loads with
-  `AutoModel.from_pretrained`) whose [CLS] vectors are mean-pooled per subject/record, fused as
+  `AutoModel.from_pretrained`); each row's token states are mean-pooled, rows mean-pooled per
+  subject/record, and the modalities fused as
   g(sum_k W_k f_k + b) by the head in `fusion_head.safetensors` (`mmhealth_model.json` describes it).
-- **Encoder source**: {encoder_source(model_spec)}
+- **Encoder source**: {encoder_source(model_spec, modalities)}
 - **Fine-tuning**: {json.dumps(asdict(cfg))}
 - **Data**: {n_units['train']} training and {n_units['val']} validation units, subject-level split;
   inputs are the pipeline's token shards (tokenizer or preprocessor files sit in each encoder folder).
