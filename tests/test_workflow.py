@@ -62,6 +62,10 @@ def test_every_contract_output_exists(run):
         assert set(predictions["subject_id"]) <= test_subjects  # evaluated on the test split only
         assert (results / "eval" / task / "report.html").stat().st_size > 1000
     assert "composite_risk" in (results / "report.html").read_text()
+    audit = json.loads((results / "splits" / "audit.json").read_text())
+    assert audit["subjects"]["in_several_splits"] == 0
+    for name in ("codes.parquet", "subject_splits.parquet", "dataset.json"):
+        assert (results / "meds" / "metadata" / name).exists(), name
     assert any((results / "logs").rglob("*.log")) and any((results / "benchmarks").rglob("*.tsv"))
 
 
