@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from bags import BagData, build_bags, collate, load_modality_rows, read_labels
+from distributed import Processes, device_for, rank_slice, setup, teardown, wrap
 from models import (
     ClassifierSpec,
     EncoderInit,
@@ -165,21 +167,29 @@ def evaluate_split(model: FusionClassifier, data: BagData, cfg: FinetuneConfig, 
 
 
 def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConfig, device: torch.device,
-        history_path: Path, dna_kmer: int | None = None) -> dict:
-    """Train with early stopping on validation loss; leaves the best epoch's weights in `model`."""
-    rng = np.random.default_rng(cfg.seed)
+        history_path: Path, dna_kmer: int | None = None, procs: Processes | None = None) -> dict:
+    """Train with early stopping on validation loss; leaves the best epoch's weights in `model`.
+
+    Under torchrun every rank shuffles the units alike (shared seed) and trains on its own slice; each
+    rank validates on the whole val split with the synchronised weights, so all stop at the same epoch.
+    """
+    procs = procs or Processes()
+    order_rng = np.random.default_rng(cfg.seed)  # same permutation on every rank
+    rng = np.random.default_rng([cfg.seed, procs.rank])  # row sampling and augmentation differ per rank
     model.to(device)
+    trained = wrap(model, procs)
     optimizer = optimizer_for(model, cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(rank_slice(np.arange(len(train)), procs)) / cfg.batch_size)
     scheduler = warmup_then_linear(optimizer, steps_per_epoch * cfg.epochs)
     best = {"val_loss": math.inf, "epoch": 0}
     best_state, stale = None, 0
-    with history_path.open("w") as history:
+    with (history_path if procs.is_main else Path(os.devnull)).open("w") as history:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             started, losses = time.perf_counter(), []
-            order = rng.permutation(len(train))
-            for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", mininterval=5):
+            order = rank_slice(order_rng.permutation(len(train)), procs)
+            for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", mininterval=5,
+                              disable=not procs.is_main):
                 units = order[start:start + cfg.batch_size]
                 if len(units) < 2:
                     continue  # the head's batch norm needs two units; the unit is seen again next epoch
@@ -187,7 +197,7 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
                 if cfg.reverse_complement and dna_kmer:
                     reverse_complement_half(batch, dna_kmer, rng)
                 with autocast(device):
-                    logits = model(to_device(batch, device), len(units))
+                    logits = trained(to_device(batch, device), len(units))
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device),
                                                          label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -199,8 +209,8 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
             scores = evaluate_split(model, val, cfg, device)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": scores["loss"],
                    "val_auroc": scores["auroc"], "lr": scheduler.get_last_lr()[0],
-                   "seconds": round(time.perf_counter() - started, 2), "units_per_s":
-                   round(len(train) / (time.perf_counter() - started), 1)}
+                   "seconds": round(time.perf_counter() - started, 2), "processes": procs.world,
+                   "units_per_s": round(len(order) * procs.world / (time.perf_counter() - started), 1)}
             history.write(json.dumps(row) + "\n")
             history.flush()
             log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %.3f (%.1fs)", epoch,
@@ -267,12 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    procs = setup()
     torch.set_num_threads(args.threads)
     cfg = FinetuneConfig(**json.loads(args.finetune_json))
     model_spec = json.loads(args.model_json)
     modalities = args.modalities.split(",")
     torch.manual_seed(cfg.seed)
-    device = pick_device()
+    device = device_for(procs)
 
     labels = read_labels(args.labels)
     classes = sorted(set(labels.column("label").to_pylist()))
@@ -291,13 +302,17 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     kmer = dna_k(args.tokens_root) if cfg.reverse_complement and "dna" in modalities else None
-    best = fit(model, data["train"], data["val"], cfg, device, args.out_dir / "training.jsonl", kmer)
+    best = fit(model, data["train"], data["val"], cfg, device, args.out_dir / "training.jsonl", kmer, procs)
+    if not procs.is_main:
+        teardown(procs)
+        return
     merge_adapters(model)
     model.cpu().save(args.out_dir, {m: args.tokens_root / m / "tokenizer" for m in modalities})
     (args.out_dir / "labels.json").write_text(json.dumps({"classes": classes}, indent=2) + "\n")
     (args.out_dir / "README.md").write_text(model_card(args.task, modalities, classes, cfg, model_spec, best,
                                                        {s: len(d) for s, d in data.items()}))
     log.info("saved %s (best epoch %s)", args.out_dir, best.get("epoch"))
+    teardown(procs)
 
 
 if __name__ == "__main__":

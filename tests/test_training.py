@@ -1,6 +1,10 @@
 """The trainer and the saved artifact, on tiny token shards with a visible signal (real torch, no mocks)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +125,21 @@ def test_reverse_complement_augmentation_flips_about_half_the_rows():
     assert 16 < len(flipped) < 48
     expected = [*reverse_complement_ids(forward[:5], 3).tolist(), 0]
     assert all(r == expected for r in flipped) and expected[0] == 2 and expected[4] == 3
+
+
+def test_two_processes_under_torchrun_train_one_model(tmp_path, tokens):
+    """The same loop under torchrun (DDP, gloo on CPU): ranks split each epoch, rank 0 alone writes."""
+    root, labels, _ = tokens
+    out = tmp_path / "ddp"
+    finetune = {"epochs": 2, "lr": 3e-3, "batch_size": 4, "patience": 2, "max_rows_per_bag": 2}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         "--task", "t", "--modalities", "dna", "--tokens-root", str(root), "--labels", str(labels),
+         "--model-json", json.dumps(TINY), "--finetune-json", json.dumps(finetune), "--out-dir", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = [json.loads(line) for line in (out / "training.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(row["processes"] == 2 for row in history)
+    model = models.load_classifier(out)
+    assert model.spec.modalities == ["dna"]

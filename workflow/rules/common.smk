@@ -176,9 +176,9 @@ STAGE_CODE = {
                       "subject_split.py", "pseudonym.py", "parquet_io.py"],
     "tokenize": ["tokenize_shard.py", "fit_tokenizer.py", "tokenize_{modality}.py", "kmers.py", "special_tokens.py",
                  "subject_split.py", "pseudonym.py", "parquet_io.py"],
-    "train": ["train.py", "models.py", "bags.py", "kmers.py", "special_tokens.py", "parquet_io.py"],
-    "evaluate": ["evaluate.py", "predict.py", "train.py", "models.py", "bags.py", "kmers.py", "special_tokens.py",
-                 "metrics.py", "baseline.py", "report_task.py", "parquet_io.py"],
+    "train": ["train.py", "models.py", "bags.py", "distributed.py", "kmers.py", "special_tokens.py", "parquet_io.py"],
+    "evaluate": ["evaluate.py", "predict.py", "train.py", "models.py", "bags.py", "distributed.py", "kmers.py",
+                 "special_tokens.py", "metrics.py", "baseline.py", "report_task.py", "parquet_io.py"],
     "report": ["report_all.py", "report_task.py", "metrics.py", "parquet_io.py"],
 }
 
@@ -341,7 +341,18 @@ def model_params(wildcards):
 
 
 def finetune_params(wildcards):
-    return task_spec_json(wildcards, "finetune")
+    spec = {k: v for k, v in config["tasks"][wildcards.task]["finetune"].items() if k != "gpus"}
+    return as_json(spec)
+
+
+def task_gpus(wildcards):
+    return config["tasks"][wildcards.task]["finetune"]["gpus"]
+
+
+def train_launcher(wildcards):
+    """One process per GPU: torchrun when a task asks for several, plain python otherwise."""
+    gpus = task_gpus(wildcards)
+    return "python" if gpus == 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
 
 
 # ---- params derived from a job's own files (no hard-coded result prefixes in rules) ----

@@ -11,6 +11,7 @@ rule finetune:
         finetune=finetune_params,
         modalities=task_modalities_csv,
         tokens_root=tokens_root_of,
+        launcher=train_launcher,
     log:
         log_path("train", "{task}"),
     benchmark:
@@ -19,11 +20,11 @@ rule finetune:
         stage_env("train")
     threads: 2
     resources:
-        gpu=1,
+        gpu=task_gpus,
         mem_mb=mem_mb(8000),
         runtime=runtime_min(240),
     shell:
-        "python {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
+        "{params.launcher} {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
         " --tokens-root {params.tokens_root:q} --labels {input.labels:q} --model-json {params.model:q}"
         " --finetune-json {params.finetune:q} --threads {threads} --out-dir {output:q} > {log:q} 2>&1"
 
