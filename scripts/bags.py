@@ -19,11 +19,10 @@ import pyarrow.parquet as pq
 import torch
 
 from parquet_io import read_tables
+from pseudonym import RECORD_MODALITIES
 
 TOKEN_MODALITIES = ("text", "dna", "ehr")
 PAD_ID = 0
-# Records a label file can name directly; other modalities of a record-level task contribute the subject's rows.
-RECORD_MODALITIES = ("image", "dna")
 
 
 @dataclass

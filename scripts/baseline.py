@@ -28,14 +28,12 @@ from tqdm import tqdm
 
 from metrics import bootstrap_metrics, json_safe, read_classes
 from parquet_io import read_tables, write_table
+from pseudonym import RECORD_MODALITIES
 
 log = logging.getLogger("baseline")
 
 MODALITIES = ("image", "dna", "text", "ehr")
 TOKEN_MODALITIES = ("dna", "text", "ehr")
-# As in bags.RECORD_MODALITIES (not imported: it pulls in torch): a label's record_id names a series or a FASTA
-# record, so these modalities give a record unit its record's rows; the others give the subject's rows.
-RECORD_MODALITIES = ("image", "dna")
 # Token ids are folded modulo this many bins (hashing trick) to keep the feature count small. For dna,
 # 6-mer ids laid out in base 4 fold modulo 4^4 onto their last four bases: a 4-mer histogram.
 MAX_TOKEN_BINS = {"dna": 256, "text": 4096, "ehr": 4096}

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from parquet_io import read_metadata, write_partitioned, write_table
-from pseudonym import shard_of
+from pseudonym import shard_of, unassigned_shard
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,6 @@ class ShardJob:
 
 
 WHOLE_INPUT = ShardJob(0, 1)  # a job that owns every record (the whole-folder functions)
-
-
-def unassigned_shard(rel_path: str, shards: int) -> int:
-    """The one shard whose job counts records without a subject from this file (sha256 of its relative path)."""
-    return int.from_bytes(hashlib.sha256(rel_path.encode("utf-8")).digest()[:8], "big") % shards
 
 
 def configure_logging() -> None:

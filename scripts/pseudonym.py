@@ -17,6 +17,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# A label file's record_id names a DICOM series or a FASTA record, pseudonymised with this kind as ingestion
+# does; these modalities get record-level bags, the others contribute the subject's rows.
+RECORD_KIND = {"image": "series", "dna": "fasta"}
+RECORD_MODALITIES = tuple(RECORD_KIND)
 SALT_BYTES = 32
 MAX_DATE_SHIFT_DAYS = 365
 
@@ -74,6 +78,11 @@ def date_shift_days(subject_id: int, key: bytes) -> int:
 def shard_of(subject_id: int, n_shards: int) -> int:
     """Shard of a subject: a pure function of its pseudonym, so a new subject touches one shard."""
     return int(subject_id) % n_shards
+
+
+def unassigned_shard(rel_path: str, n_shards: int) -> int:
+    """The one shard whose job counts records without a subject from this file (sha256 of its relative path)."""
+    return int.from_bytes(hashlib.sha256(rel_path.encode("utf-8")).digest()[:8], "big") % n_shards
 
 
 def unit_interval(subject_id: int, namespace: str = "split") -> float:

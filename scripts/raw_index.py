@@ -21,8 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest_common import unassigned_shard
-from pseudonym import load_or_create_salt, shard_of, subject_pseudonym
+from pseudonym import load_or_create_salt, shard_of, subject_pseudonym, unassigned_shard
 
 INDEX_VERSION = 1
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")

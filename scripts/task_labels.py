@@ -14,12 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from parquet_io import write_table
-from pseudonym import load_or_create_salt, record_pseudonym, subject_pseudonym
+from pseudonym import RECORD_KIND, load_or_create_salt, record_pseudonym, subject_pseudonym
 
 log = logging.getLogger("task_labels")
 
-# record_id in a label file names a DICOM series or a FASTA record: pseudonymise it like ingestion does.
-RECORD_KIND = {"image": "series", "dna": "fasta"}
 
 
 class LabelFileError(ValueError):

@@ -176,8 +176,9 @@ STAGE_CODE = {
                       "subject_split.py", "pseudonym.py", "parquet_io.py"],
     "tokenize": ["tokenize_shard.py", "fit_tokenizer.py", "tokenize_{modality}.py", "kmers.py", "special_tokens.py",
                  "subject_split.py", "pseudonym.py", "parquet_io.py"],
-    "train": ["train.py", "models.py", "bags.py", "distributed.py", "kmers.py", "special_tokens.py", "parquet_io.py"],
-    "evaluate": ["evaluate.py", "predict.py", "train.py", "models.py", "bags.py", "distributed.py", "kmers.py",
+    "train": ["train.py", "models.py", "bags.py", "pseudonym.py", "distributed.py", "kmers.py", "special_tokens.py", "parquet_io.py"],
+    "evaluate": ["evaluate.py", "predict.py", "train.py", "models.py", "bags.py", "pseudonym.py", "distributed.py",
+                 "kmers.py",
                  "special_tokens.py", "metrics.py", "baseline.py", "report_task.py", "parquet_io.py"],
     "report": ["report_all.py", "report_task.py", "metrics.py", "parquet_io.py"],
 }
@@ -217,10 +218,6 @@ def as_json(value):
     which would choke on JSON braces and on code templates like "SEX//{sex}".
     """
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def ehr_tables_json(wildcards):
-    return as_json(config["inputs"]["ehr"])
 
 
 def split_fractions_json(wildcards):
@@ -356,10 +353,6 @@ def train_launcher(wildcards):
 
 
 # ---- params derived from a job's own files (no hard-coded result prefixes in rules) ----
-def folder_of_manifest(wildcards, output):
-    return os.path.dirname(output.manifest)
-
-
 def folder_of_metrics(wildcards, output):
     return os.path.dirname(output.metrics)
 
