@@ -37,12 +37,18 @@ def row_group_rows(table: pa.Table, max_rows: int = ROW_GROUP_SIZE, max_bytes: i
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, stage: str, params: dict[str, Any] | None = None,
-                row_group_size: int | None = None) -> None:
-    """Write atomically (temp file + rename) so a killed job never leaves a half-written shard behind."""
+                row_group_size: int | None = None, raw_columns: Sequence[str] = ()) -> None:
+    """Write atomically (temp file + rename) so a killed job never leaves a half-written shard behind.
+
+    Columns are zstd-compressed and dictionary-encoded, except `raw_columns`: bulk, nearly incompressible
+    data (sequence bases, say) whose compression would cost more time than the rest of its stage."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(with_metadata(table, stage, params), tmp, compression="zstd",
+    raw = set(raw_columns) & set(table.column_names)
+    pq.write_table(with_metadata(table, stage, params), tmp,
+                   compression={name: "none" if name in raw else "zstd" for name in table.column_names},
+                   use_dictionary=[name for name in table.column_names if name not in raw],
                    row_group_size=row_group_size or row_group_rows(table))
     os.replace(tmp, path)
 
@@ -71,9 +77,9 @@ def read_tables(paths: Iterable[str | os.PathLike], columns: Sequence[str] | Non
 
 
 def write_partitioned(table: pa.Table, paths: Sequence[str | os.PathLike], shard_column: str, stage: str,
-                      params: dict[str, Any] | None = None) -> None:
+                      params: dict[str, Any] | None = None, raw_columns: Sequence[str] = ()) -> None:
     """Write table rows into len(paths) files by the integer `shard_column`; every file is written, even empty."""
     shard = table.column(shard_column)
     for k, path in enumerate(paths):
         part = table.filter(pc.equal(shard, k)).drop_columns([shard_column])
-        write_table(part, path, stage, params)
+        write_table(part, path, stage, params, raw_columns=raw_columns)

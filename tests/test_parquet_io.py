@@ -27,3 +27,13 @@ def test_partitioned_write_writes_every_part(tmp_path):
     write_partitioned(table, paths, "k", "ingest")
     assert [pq.read_table(p).num_rows for p in paths] == [2, 0, 1]
     assert pq.read_table(paths[1]).schema.names == ["subject_id"]
+
+
+def test_raw_columns_are_stored_uncompressed_and_the_rest_with_zstd(tmp_path):
+    table = pa.table({"sequence": ["ACGT" * 64] * 100, "record_id": ["r1"] * 100})
+    write_table(table, tmp_path / "dna.parquet", "ingest", raw_columns=["sequence", "not_a_column"])
+    group = pq.ParquetFile(tmp_path / "dna.parquet").metadata.row_group(0)
+    codecs = {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
+    assert codecs == {"sequence": "UNCOMPRESSED", "record_id": "ZSTD"}
+    assert "RLE_DICTIONARY" not in group.column(0).encodings  # no dictionary either: one value a window
+    assert pq.read_table(tmp_path / "dna.parquet").equals(table)
