@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+import pyarrow as pa
+
 import ingest_common as common
-from fasta_windows import RecordBatch, WindowColumns
-from pseudonym import load_or_create_salt, record_pseudonym, subject_pseudonym
+from fasta_windows import DNA_SCHEMA, RecordBatch, WindowColumns
+from pseudonym import load_or_create_salt, record_pseudonyms, subject_pseudonym
 
 log = logging.getLogger("ingest_fasta")
 
@@ -33,7 +36,8 @@ WHITESPACE = b" \t\r\n\v\f"
 INVALID = ord("!")  # what a non-IUPAC byte becomes: never a base, so one find() locates it
 STREAM_ERRORS = (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError)
 READ_BYTES = 1 << 22
-BATCH_BASES = 1 << 26  # window accepted records this many bases at a time (bounded memory)
+BATCH_BASES = 1 << 26
+UNKNOWN = object()  # a subject not looked up yet  # window accepted records this many bases at a time (bounded memory)
 
 
 def base_table(n_policy: str) -> bytes:
@@ -74,24 +78,31 @@ def is_fasta(path: Path) -> bool:
     return name.endswith(FASTA_SUFFIXES)
 
 
-def split_records(handle: BinaryIO) -> Iterator[bytes]:
-    """The text before the first record, then each record's text starting at its '>'."""
+def record_segments(handle: BinaryIO) -> Iterator[bytes]:
+    """The file's text in pieces of whole records, read READ_BYTES at a time: every piece but the first
+    starts at a record's '>' (the first may begin with text before any record), none ends inside a record."""
     parts: list[bytes] = []
-    previous = b"\n"
+    line_start = True  # the next byte read starts a line
     while block := handle.read(READ_BYTES):
-        starts = [0] if previous == b"\n" and block[:1] == b">" else []
-        found = block.find(b"\n>")
-        while found != -1:
-            starts.append(found + 1)
-            found = block.find(b"\n>", found + 1)
-        done = 0
-        for start in starts:
-            parts.append(block[done:start])
+        last = block.rfind(b"\n>")
+        cut = last + 1 if last != -1 else 0 if line_start and block[:1] == b">" else None
+        line_start = block[-1:] == b"\n"
+        if cut is None:  # still inside one record (or the text before the first)
+            parts.append(block)
+            continue
+        if parts or cut:
+            parts.append(block[:cut])
             yield b"".join(parts)
-            parts, done = [], start
-        parts.append(block[done:])
-        previous = block[-1:]
-    yield b"".join(parts)
+        parts = [block[cut:]]
+    if parts:
+        yield b"".join(parts)
+
+
+def record_starts(segment: bytes) -> list[int]:
+    """Offsets of the '>' that start a line, i.e. a record, in one segment."""
+    codes = np.frombuffer(segment, dtype=np.uint8)
+    marks = np.flatnonzero(codes == ord(">"))
+    return marks[(marks == 0) | (codes[marks - 1] == ord("\n"))].tolist()
 
 
 def record_problem(raw: bytes, bases: bytes) -> str | None:
@@ -163,8 +174,8 @@ class FileResult:
     refused: list[tuple[int, str]] = field(default_factory=list)  # (record number, reason)
     windows_dropped: int = 0
     n_fraction: dict[str, float] = field(default_factory=dict)
-    new_ids: dict[str, str] = field(default_factory=dict)  # raw record id -> where first seen (memory only)
-    batch: RecordBatch = field(default_factory=RecordBatch)
+    new_ids: dict[str, tuple[str, int]] = field(default_factory=dict)  # raw id -> (file, record number) first
+    # seen there; raw ids stay in memory
     broken: str | None = None
 
     def quarantine(self, source: str) -> list[common.QuarantineRow]:
@@ -172,14 +183,17 @@ class FileResult:
 
 
 class FastaReader:
-    """Turns the FASTA files of one shard job into windows, quarantine rows and counts."""
+    """Turns the FASTA files of one shard job into windows, quarantine rows and counts. Accepted records of
+    several files are windowed together (`flush`), so a file's result is complete only after the last flush."""
 
     def __init__(self, params: WindowParams, key: bytes, job: common.ShardJob) -> None:
         self.params, self.key, self.job = params, key, job
         self.pattern = re.compile(params.subject_regex)
         self.table = base_table(params.n_policy)
-        self.first_seen: dict[str, str] = {}
-        self._subjects: dict[str, int] = {}
+        self.first_seen: dict[str, tuple[str, int]] = {}
+        self.files: list[FileResult] = []
+        self.batch, self.columns = RecordBatch(), WindowColumns()
+        self._owners: dict[str, int | None] = {}
 
     def _subject(self, header: bytes) -> tuple[str, str]:
         """(record id, raw subject) of a header line ('' when absent or not matched)."""
@@ -188,75 +202,95 @@ class FastaReader:
         match = self.pattern.search(record) if record else None
         return record, (match.group("subject_id") or "").strip() if match else ""
 
-    def read_file(self, handle: BinaryIO, source: str, columns: WindowColumns) -> FileResult:
+    def _owned(self, subject: str) -> int | None:
+        """The subject's pseudonym when this job owns it, else None (cached: subjects have many records)."""
+        if subject not in self._owners:
+            pseudonym = subject_pseudonym(subject, self.key)
+            self._owners[subject] = pseudonym if self.job.owns_subject(pseudonym) else None
+        return self._owners[subject]
+
+    def read_file(self, handle: BinaryIO, source: str) -> FileResult:
         """Classify every record of one open file; a stream that breaks sets `broken`."""
         result = FileResult()
-        owns_unassigned = self.job.owns_unassigned(source)
+        self.files.append(result)
         try:
-            chunks = split_records(handle)
-            if next(chunks).strip(WHITESPACE):
-                raise ValueError("text before the first '>' header")
-            for number, chunk in enumerate(chunks, start=1):
-                newline = chunk.find(b"\n")
-                header, body = (chunk, b"") if newline == -1 else (chunk[:newline], chunk[newline + 1:])
-                record, subject = self._subject(header)
-                result.records_read = number
-                if not subject:
-                    if owns_unassigned:
-                        result.records_in += 1
-                        reason = "empty header" if not record else "header does not match the subject regex"
-                        result.refused.append((number, reason))
-                    continue
-                if subject not in self._subjects:
-                    self._subjects[subject] = subject_pseudonym(subject, self.key)
-                if not self.job.owns_subject(self._subjects[subject]):
-                    continue  # another shard's job counts this record
-                result.records_in += 1
-                reason = self._record(result, record, self._subjects[subject], body, number, source)
-                if reason:
-                    result.refused.append((number, reason))
-                if result.batch.size >= BATCH_BASES:
-                    self.flush(result, columns)
-            self.flush(result, columns)
+            for segment in record_segments(handle):
+                self._read_segment(segment, source, result)
+                if self.batch.size >= BATCH_BASES:
+                    self.flush()
         except STREAM_ERRORS as exc:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             where = f"after record {result.records_read}" if result.records_read else "before the first record"
             result.broken = f"unreadable file, broke {where}: {type(exc).__name__}: {first_line}"
         return result
 
-    def _record(self, result: FileResult, record: str, subject_id: int, body: bytes, number: int,
-                source: str) -> str | None:
-        """Queue one owned record's bases for windowing; the refusal reason, or None when it was queued."""
-        earlier = self.first_seen.get(record) or result.new_ids.get(record)
-        result.new_ids.setdefault(record, f"{source} record {number}")
-        if earlier:
-            return f"duplicate record id (first seen in {earlier})"
-        bases = body.translate(self.table, WHITESPACE)
-        problem = record_problem(body, bases)
-        if problem:
-            return problem
-        result.batch.add(bases, subject_id, record_pseudonym(record, self.key, kind="fasta"), number)
-        return None
+    def _read_segment(self, segment: bytes, source: str, result: FileResult) -> None:
+        """Classify the records of one segment and queue the accepted ones (the per-record hot loop: what
+        is the same for every record is looked up once, outside it)."""
+        starts = record_starts(segment)
+        if result.records_read == 0 and segment[:starts[0] if starts else len(segment)].strip(WHITESPACE):
+            raise ValueError("text before the first '>' header")
+        owns_unassigned = self.job.owns_unassigned(source)
+        table, first_seen, new_ids, refused = self.table, self.first_seen, result.new_ids, result.refused
+        batch, file = self.batch, len(self.files) - 1
+        number, ends = result.records_read, [*starts[1:], len(segment)] if starts else []
+        for start, end in zip(starts, ends, strict=True):
+            number += 1
+            newline = segment.find(b"\n", start, end)
+            record, subject = self._subject(segment[start:end if newline == -1 else newline])
+            result.records_read = number
+            if not subject:
+                if owns_unassigned:
+                    result.records_in += 1
+                    refused.append((number, "empty header" if not record else
+                                    "header does not match the subject regex"))
+                continue
+            subject_id = self._owners.get(subject, UNKNOWN)
+            if subject_id is UNKNOWN:
+                subject_id = self._owned(subject)
+            if subject_id is None:
+                continue  # another shard's job counts this record
+            result.records_in += 1
+            earlier = first_seen.get(record) or new_ids.get(record)
+            if earlier:
+                refused.append((number, f"duplicate record id (first seen in {earlier[0]} record {earlier[1]})"))
+                continue
+            new_ids[record] = (source, number)
+            body = b"" if newline == -1 else segment[newline + 1:end]
+            bases = body.translate(table, WHITESPACE)
+            problem = record_problem(body, bases)
+            if problem:
+                refused.append((number, problem))
+                continue
+            batch.add(bases, subject_id, record, file, number)
 
-    def flush(self, result: FileResult, columns: WindowColumns) -> None:
-        """Window the queued records into `columns`; records left without a window are refused."""
-        if not result.batch.bases:
+    def flush(self) -> None:
+        """Window the queued records into `columns` and tally them in their files' results; records left
+        without a window are refused."""
+        batch, params = self.batch, self.params
+        if not batch.bases:
             return
-        params = self.params
-        outcome = columns.add_batch(result.batch, params.window, params.stride,
-                                    params.max_n_fraction if params.n_policy == "drop" else None)
-        result.refused.extend(outcome.empty)
-        result.records_out += outcome.records_out
-        result.windows_dropped += outcome.windows_dropped
-        result.n_fraction.update(outcome.n_fraction)
-        result.batch = RecordBatch()
+        batch.record_ids = record_ids = record_pseudonyms(batch.record_ids, self.key, kind="fasta")
+        outcome = self.columns.add_batch(batch, params.window, params.stride,
+                                         params.max_n_fraction if params.n_policy == "drop" else None)
+        files = np.array(batch.files)
+        records_out = np.bincount(files[outcome.kept > 0], minlength=len(self.files))
+        windows_dropped = np.bincount(files, weights=outcome.dropped, minlength=len(self.files))
+        for file in np.unique(files).tolist():
+            self.files[file].records_out += int(records_out[file])
+            self.files[file].windows_dropped += int(windows_dropped[file])
+        for position, reason in outcome.empty.items():
+            self.files[batch.files[position]].refused.append((batch.numbers[position], reason))
+        for file, record_id, n_fraction in zip(batch.files, record_ids, outcome.n_fraction, strict=True):
+            self.files[file].n_fraction[record_id] = n_fraction
+        self.batch = RecordBatch()
 
 
 @dataclass
 class FastaResult:
     """What one job collected over all its files."""
 
-    columns: WindowColumns = field(default_factory=WindowColumns)
+    table: pa.Table = field(default_factory=DNA_SCHEMA.empty_table)
     quarantine: list[common.QuarantineRow] = field(default_factory=list)
     counts: common.RecordCounts = field(default_factory=common.RecordCounts)
     inputs: dict[str, str] = field(default_factory=dict)
@@ -277,30 +311,34 @@ def collect_fasta(root: str | Path, files: Sequence[str | Path], params: WindowP
     """Read `files` (under `root`) in path order and keep the records `job` owns."""
     root = Path(root)
     reader, total = FastaReader(params, key, job), FastaResult()
-    for source, path in common.progress(sorted((common.source_of(f, root), Path(f)) for f in files),
-                                        "fasta files", "file"):
-        mark = total.columns.mark()
+    sources = sorted((common.source_of(f, root), Path(f)) for f in files)
+    for source, path in common.progress(sources, "fasta files", "file"):
         raw, stream = open_fasta(path)
         try:
-            result = reader.read_file(stream, source, total.columns)
+            result = reader.read_file(stream, source)
             total.inputs[source] = raw.finish()
         finally:
             raw.raw.close()
+        if not result.broken and result.records_read:
+            reader.first_seen.update({k: v for k, v in result.new_ids.items() if k not in reader.first_seen})
+    reader.flush()
+    dropped_files = []
+    for ordinal, ((source, _), result) in enumerate(zip(sources, reader.files, strict=True)):
         if result.broken or result.records_read == 0:
-            total.columns.rollback(mark)
+            dropped_files.append(ordinal)
             if job.owns_unassigned(source):  # a whole-file problem: one job counts what was read of it
                 total.counts.records_in += result.records_read
                 total.counts.records_quarantined += result.records_read
                 total.quarantine.append(common.QuarantineRow(source, "file", result.broken or
                                                              "no FASTA records in file"))
             continue
-        reader.first_seen.update({k: v for k, v in result.new_ids.items() if k not in reader.first_seen})
         total.counts.records_in += result.records_in
         total.counts.records_out += result.records_out
         total.counts.records_quarantined += len(result.refused)
         total.quarantine.extend(result.quarantine(source))
         total.windows_dropped += result.windows_dropped
         total.n_fraction.update(result.n_fraction)
+    total.table = reader.columns.table(without_files=dropped_files)
     return total
 
 
@@ -316,7 +354,7 @@ def ingest_fasta(input_dir: str | Path, key: bytes, out_dir: str | Path, shards:
     params = WindowParams(subject_regex, window, stride, max_n_fraction, n_policy)
     files = common.list_input_files(input_dir, is_fasta)
     result = collect_fasta(input_dir, files, params, key, common.WHOLE_INPUT)
-    return common.write_ingest_outputs(out_dir, "dna", result.columns.table(), shards, result.quarantine,
+    return common.write_ingest_outputs(out_dir, "dna", result.table, shards, result.quarantine,
                                        result.counts, result.inputs, asdict(params), _extra(result))
 
 
@@ -325,7 +363,7 @@ def ingest_fasta_shard(input_dir: str | Path, files: Sequence[str | Path], key: 
                        out_manifest: str | Path) -> dict[str, Any]:
     """One shard job: write only `job`'s subjects (and its unassigned records) to one part."""
     result = collect_fasta(input_dir, files, params, key, job)
-    return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "dna", result.columns.table(),
+    return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "dna", result.table,
                                       job, result.quarantine, result.counts, result.inputs, asdict(params),
                                       _extra(result))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import random
@@ -14,7 +15,7 @@ import pytest
 
 from fasta_windows import windows
 from ingest_common import unassigned_shard
-from ingest_fasta import ingest_fasta, main
+from ingest_fasta import ingest_fasta, main, record_segments, record_starts
 from parquet_io import read_metadata, read_tables
 from pseudonym import record_pseudonym, subject_pseudonym
 
@@ -172,3 +173,43 @@ def test_cli_writes_one_shard_without_raw_ids(tmp_path, caplog):
         if path.suffix == ".parquet":
             texts.append(str(pq.read_table(path).to_pylist()))
     assert not any("7654321" in text or "secret-record" in text for text in texts)
+
+
+def test_segments_cut_only_at_record_starts_whatever_the_read_size(monkeypatch):
+    text = b"\n\n>S1|a x>y\nAC>GT\nAC\n>S2|b\n\n>S3|c\r\nAC\r\n>\n>S4|d\nA"
+    records = [b">S1|a x>y\nAC>GT\nAC\n", b">S2|b\n\n", b">S3|c\r\nAC\r\n", b">\n", b">S4|d\nA"]
+    for read_bytes in [*range(1, 12), 1 << 22]:
+        monkeypatch.setattr("ingest_fasta.READ_BYTES", read_bytes)
+        segments = list(record_segments(io.BytesIO(text)))
+        assert b"".join(segments) == text
+        assert all(s.startswith(b">") for s in segments[1:])  # the first holds the text before any record
+        found = []
+        for segment in segments:
+            starts = record_starts(segment)
+            found += [segment[a:b] for a, b in zip(starts, [*starts[1:], len(segment)][:len(starts)], strict=True)]
+        assert found == records, read_bytes  # a '>' inside a line starts nothing
+    assert list(record_segments(io.BytesIO(b""))) == []
+
+
+def test_a_file_of_blank_lines_has_no_records_and_blank_lines_before_the_first_are_fine(tmp_path, monkeypatch):
+    monkeypatch.setattr("ingest_fasta.READ_BYTES", 4)  # the blank lines come as a segment of their own
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "blank.fa").write_bytes(b"\n \n\r\n")
+    (tmp_path / "in" / "lead.fa").write_bytes(b"\n\n\n\n>S1|r1\nACGTACGT\n")
+    manifest, rows, quarantine = run(tmp_path)
+    assert [(q["source"], q["reason"]) for q in quarantine] == [("blank.fa", "no FASTA records in file")]
+    assert len(rows) == 1 and manifest["records_out"] == 1
+
+
+def test_records_of_many_files_are_windowed_together_and_a_broken_file_leaves_none(tmp_path):
+    for number in range(5):
+        write_fasta(tmp_path / "in" / f"f{number}.fa", [(f"S{number}|r{number}", "ACGTACGTAC" * 3)])
+    good = write_fasta(tmp_path / "in" / "f2.fa.gz", [("S9|r9", "ACGTACGT" * 4), ("S9|r10", "ACGT" * 8)],
+                       compress=True)
+    good.write_bytes(good.read_bytes()[:-12])  # cut inside the gzip trailer: the file breaks at its end
+    manifest, rows, quarantine = run(tmp_path)
+    assert sorted({r["subject_id"] for r in rows}) == sorted(subject_pseudonym(f"S{n}", KEY) for n in range(5))
+    assert len(rows) == 5 * 4 and manifest["records_out"] == 5  # 30 bases: 3 windows of 8, then 6 >= 8 / 2
+    assert [(q["source"], q["locator"], q["reason"][:42]) for q in quarantine] == [
+        ("f2.fa.gz", "file", "unreadable file, broke after record 1: EOF")]  # the 2nd never ended
+    assert manifest["records_quarantined"] == 1 and manifest["records_in"] == 6

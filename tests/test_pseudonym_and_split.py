@@ -49,6 +49,14 @@ def test_record_pseudonym_namespaces_differ():
     assert series != pseudonym.record_pseudonym("1.2.3", key, kind="fasta")
 
 
+@pytest.mark.parametrize("key", [b"k" * 32, b"0123456789abcdef" * 4, b"long key " * 20])  # <, = and > a block
+def test_record_pseudonyms_in_bulk_equal_one_by_one(key):
+    raw_ids = ["S1|rec1", " S1|rec1 ", "1.2.840.10008.5.1", "Jos\u00e9", "", 42]
+    expected = [pseudonym.record_pseudonym(raw, key, kind="fasta") for raw in raw_ids]
+    assert pseudonym.record_pseudonyms(raw_ids, key, kind="fasta") == expected
+    assert pseudonym.record_pseudonyms(raw_ids[:1], key, kind="series") != expected[:1]
+
+
 def test_date_shift_is_bounded_and_per_subject():
     key = b"k" * 64
     shifts = {pseudonym.date_shift_days(s, key) for s in range(500)}
