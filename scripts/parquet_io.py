@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,50 @@ def row_group_rows(table: pa.Table, max_rows: int = ROW_GROUP_SIZE, max_bytes: i
     return max(1, min(max_rows, max_bytes // bytes_per_row))
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, stage: str, params: dict[str, Any] | None = None,
-                row_group_size: int | None = None, raw_columns: Sequence[str] = ()) -> None:
-    """Write atomically (temp file + rename) so a killed job never leaves a half-written shard behind.
+# How a bulk column is stored instead of the default (zstd, dictionary-encoded):
+# raw: no codec and no dictionary, for nearly incompressible data (sequence bases) whose compression would
+#   cost more time than the rest of its stage;
+# float_split: byte-stream-split floats + zstd, no dictionary, for float arrays (HU pixels) on which a
+#   dictionary always fails after costing its time, and plain zstd compresses the mantissas poorly.
+LAYOUTS = ("raw", "float_split")
 
-    Columns are zstd-compressed and dictionary-encoded, except `raw_columns`: bulk, nearly incompressible
-    data (sequence bases, say) whose compression would cost more time than the rest of its stage."""
+
+def leaf_paths(schema: pa.Schema) -> dict[str, list[str]]:
+    """Parquet column paths of each top-level field ('hu' -> ['hu.list.element']). Per-column writer options
+    are keyed by these: a top-level name silently matches nothing for a nested column."""
+    buffer = io.BytesIO()
+    pq.write_table(schema.empty_table(), buffer)
+    parquet = pq.ParquetFile(io.BytesIO(buffer.getvalue())).schema
+    paths = [parquet.column(i).path for i in range(len(parquet))]
+    return {name: [p for p in paths if p == name or p.startswith(f"{name}.")] for name in schema.names}
+
+
+def writer_options(schema: pa.Schema, layout: Mapping[str, str]) -> dict[str, Any]:
+    """pyarrow.parquet.write_table keywords: zstd and dictionaries, except the columns named in `layout`."""
+    unknown = sorted(set(layout.values()) - set(LAYOUTS))
+    if unknown:
+        raise ValueError(f"unknown column layout {unknown[0]!r}: use one of {', '.join(LAYOUTS)}")
+    compression, dictionary, encoding = {}, [], {}
+    for name, paths in leaf_paths(schema).items():
+        kind = layout.get(name)
+        for path in paths:
+            compression[path] = "none" if kind == "raw" else "zstd"
+            if kind is None:
+                dictionary.append(path)
+            elif kind == "float_split":
+                encoding[path] = "BYTE_STREAM_SPLIT"
+    return {"compression": compression, "use_dictionary": dictionary, "column_encoding": encoding or None}
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, stage: str, params: dict[str, Any] | None = None,
+                row_group_size: int | None = None, layout: Mapping[str, str] | None = None) -> None:
+    """Write atomically (temp file + rename) so a killed job never leaves a half-written shard behind.
+    Columns are zstd-compressed and dictionary-encoded, except those `layout` names (see LAYOUTS)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    raw = set(raw_columns) & set(table.column_names)
-    pq.write_table(with_metadata(table, stage, params), tmp,
-                   compression={name: "none" if name in raw else "zstd" for name in table.column_names},
-                   use_dictionary=[name for name in table.column_names if name not in raw],
-                   row_group_size=row_group_size or row_group_rows(table))
+    pq.write_table(with_metadata(table, stage, params), tmp, row_group_size=row_group_size or row_group_rows(table),
+                   **writer_options(table.schema, layout or {}))
     os.replace(tmp, path)
 
 
@@ -77,9 +108,9 @@ def read_tables(paths: Iterable[str | os.PathLike], columns: Sequence[str] | Non
 
 
 def write_partitioned(table: pa.Table, paths: Sequence[str | os.PathLike], shard_column: str, stage: str,
-                      params: dict[str, Any] | None = None, raw_columns: Sequence[str] = ()) -> None:
+                      params: dict[str, Any] | None = None, layout: Mapping[str, str] | None = None) -> None:
     """Write table rows into len(paths) files by the integer `shard_column`; every file is written, even empty."""
     shard = table.column(shard_column)
     for k, path in enumerate(paths):
         part = table.filter(pc.equal(shard, k)).drop_columns([shard_column])
-        write_table(part, path, stage, params, raw_columns=raw_columns)
+        write_table(part, path, stage, params, layout=layout)

@@ -1,6 +1,7 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from parquet_io import read_metadata, row_group_rows, write_partitioned, write_table
 
@@ -29,11 +30,29 @@ def test_partitioned_write_writes_every_part(tmp_path):
     assert pq.read_table(paths[1]).schema.names == ["subject_id"]
 
 
-def test_raw_columns_are_stored_uncompressed_and_the_rest_with_zstd(tmp_path):
-    table = pa.table({"sequence": ["ACGT" * 64] * 100, "record_id": ["r1"] * 100})
-    write_table(table, tmp_path / "dna.parquet", "ingest", raw_columns=["sequence", "not_a_column"])
-    group = pq.ParquetFile(tmp_path / "dna.parquet").metadata.row_group(0)
-    codecs = {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
-    assert codecs == {"sequence": "UNCOMPRESSED", "record_id": "ZSTD"}
-    assert "RLE_DICTIONARY" not in group.column(0).encodings  # no dictionary either: one value a window
-    assert pq.read_table(tmp_path / "dna.parquet").equals(table)
+def _column_chunks(path):
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    return {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+
+
+def test_every_column_nested_or_not_gets_zstd_and_a_dictionary_by_default(tmp_path):
+    table = pa.table({"input_ids": pa.array([[1, 2, 3]] * 50, pa.list_(pa.int32())), "record_id": ["r1"] * 50,
+                      "geometry": pa.array([{"spacing": [0.7, 0.7]}] * 50)})
+    write_table(table, tmp_path / "t.parquet", "tokenize")
+    chunks = _column_chunks(tmp_path / "t.parquet")
+    assert set(chunks) == {"input_ids.list.element", "record_id", "geometry.spacing.list.element"}
+    assert all(c.compression == "ZSTD" and "RLE_DICTIONARY" in c.encodings for c in chunks.values())
+
+
+def test_layout_stores_bulk_columns_raw_or_as_split_floats(tmp_path):
+    table = pa.table({"sequence": ["ACGT" * 64] * 100, "record_id": ["r1"] * 100,
+                      "hu": pa.array([np.linspace(-1000, 400, 64, dtype=np.float32)] * 100, pa.list_(pa.float32()))})
+    write_table(table, tmp_path / "t.parquet", "ingest", layout={"sequence": "raw", "hu": "float_split"})
+    chunks = _column_chunks(tmp_path / "t.parquet")
+    assert chunks["sequence"].compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in chunks["sequence"].encodings
+    assert chunks["hu.list.element"].compression == "ZSTD"
+    assert "BYTE_STREAM_SPLIT" in chunks["hu.list.element"].encodings
+    assert chunks["record_id"].compression == "ZSTD" and "RLE_DICTIONARY" in chunks["record_id"].encodings
+    assert pq.read_table(tmp_path / "t.parquet").equals(table)
+    with pytest.raises(ValueError, match="unknown column layout 'gzip'"):
+        write_table(table, tmp_path / "u.parquet", "ingest", layout={"hu": "gzip"})
