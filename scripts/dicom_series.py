@@ -8,9 +8,12 @@ duplicate positions, a missing slice or spacing that deviates more than 10% from
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +49,16 @@ NOT_IMAGE_MODALITIES = frozenset({"SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECO
 ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE_MM = 1e-4
 DUPLICATE_POSITION_MM = 1e-2
+MIN_NORMAL = 1e-6  # |row x column| below this: the direction cosines are parallel, there is no plane
+DEGENERATE_ORIENTATION = "degenerate ImageOrientationPatient (row and column directions are parallel)"
 MAX_GAP_DEVIATION = 0.10  # a gap more than 10% off the median spacing refuses the series
 MULTIFRAME_UNSUPPORTED = "multi-frame geometry not supported"
 BINARY_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 TEXT_VRS = {"DS": float, "IS": int, "CS": str, "UI": str}  # ASCII by definition: no character set to apply
+# Strings in the dataset's character set (PatientID is LO), by their maximum length: printable ASCII without
+# a backslash reads the same in every character set pydicom knows, so only other values need its decoding.
+CHARSET_VRS = {"SH": 16, "LO": 64}
+PRINTABLE_ASCII = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # no control character (ESC), no backslash
 
 
 class RefusedFile(Exception):
@@ -102,20 +111,37 @@ def _fast_value(raw: RawDataElement) -> Any:
     vr, data = raw.VR or dictionary_VR(raw.tag), raw.value
     if not data or not isinstance(data, bytes):
         return None
+    value = _decoded(vr, data, raw.is_little_endian)
+    return list(value) if isinstance(value, tuple) else value  # a fresh list: the cached tuple stays as it is
+
+
+@lru_cache(maxsize=4096)
+def _decoded(vr: str, data: bytes, little_endian: bool) -> Any:
+    """`_fast_value` of one element's bytes (several values as a tuple), cached: the files of a series repeat
+    most of their values (sizes, spacing, orientation, UIDs), and a cache hit costs a fifth of a decode."""
     if vr in BINARY_VRS:
         size = struct.calcsize(BINARY_VRS[vr])
         if len(data) % size:
             return None
-        values = struct.unpack(f"{'<' if raw.is_little_endian else '>'}{len(data) // size}{BINARY_VRS[vr]}", data)
-        return values[0] if len(values) == 1 else list(values)
+        values = struct.unpack(f"{'<' if little_endian else '>'}{len(data) // size}{BINARY_VRS[vr]}", data)
+        return values[0] if len(values) == 1 else values
+    if vr in CHARSET_VRS:
+        return _plain_string(data, CHARSET_VRS[vr])
     if vr not in TEXT_VRS:
         return None
     try:
         parts = [part.strip(" \x00") for part in data.decode("ascii").split("\\")]
-        values = [TEXT_VRS[vr](part) for part in parts]
+        values = tuple(TEXT_VRS[vr](part) for part in parts)
     except ValueError:
         return None
     return values[0] if len(values) == 1 else values
+
+
+def _plain_string(data: bytes, max_chars: int) -> str | None:
+    """One SH/LO value as pydicom reads it (trailing NULs and spaces dropped) when it is printable ASCII
+    within the VR's length; None otherwise: pydicom decodes it, splits it, and warns about what is invalid."""
+    value = data.rstrip(b"\0 ")
+    return value.decode("ascii") if len(value) <= max_chars and PRINTABLE_ASCII.fullmatch(value) else None
 
 
 def text(ds: Dataset, keyword: str) -> str:
@@ -150,9 +176,17 @@ def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
     """Unit normal of the image plane: cross product of the row and column direction cosines."""
     normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
     norm = float(np.linalg.norm(normal))
-    if norm < 1e-6:
-        raise RefusedFile("degenerate ImageOrientationPatient (row and column directions are parallel)")
+    if norm < MIN_NORMAL:
+        raise RefusedFile(DEGENERATE_ORIENTATION)
     return normal / norm
+
+
+def check_orientation(orientation: tuple[float, ...]) -> None:
+    """RefusedFile when `slice_normal` would refuse `orientation`: the same test in plain floats, since numpy
+    costs 20 us on three numbers and every file is checked (the series computes its normal once)."""
+    (a, b, c), (d, e, f) = orientation[:3], orientation[3:]
+    if math.hypot(b * f - c * e, c * d - a * f, a * e - b * d) < MIN_NORMAL:
+        raise RefusedFile(DEGENERATE_ORIENTATION)
 
 
 def _checked_spacing(spacing: tuple[float, ...] | None) -> tuple[float, ...]:
@@ -195,7 +229,7 @@ def _enhanced_frames(ds: Dataset, base: dict[str, Any], frames: int) -> list[Sli
         if orientation is None or position is None:
             raise RefusedFile(f"{MULTIFRAME_UNSUPPORTED}: frame {index} has an empty plane position "
                               "or orientation")
-        slice_normal(orientation)
+        check_orientation(orientation)
         slices.append(SliceHeader(
             **base, frame=index, orientation=orientation, position=position,
             pixel_spacing=_checked_spacing(_floats(measures, "PixelSpacing", 2)),
@@ -204,10 +238,14 @@ def _enhanced_frames(ds: Dataset, base: dict[str, Any], frames: int) -> list[Sli
     return slices
 
 
+def sop_class(ds: Dataset) -> str:
+    """SOPClassUID, or the file meta's MediaStorageSOPClassUID when the dataset lacks it ("" if neither)."""
+    file_meta = getattr(ds, "file_meta", None)  # no Dataset() as default: it costs 8 us per call
+    return text(ds, "SOPClassUID") or ("" if file_meta is None else text(file_meta, "MediaStorageSOPClassUID"))
+
+
 def is_dicomdir(ds: Dataset, path: Path) -> bool:
-    file_meta = getattr(ds, "file_meta", Dataset())
-    sop_class = text(ds, "SOPClassUID") or text(file_meta, "MediaStorageSOPClassUID")
-    return (path.name.upper() == "DICOMDIR" or sop_class == DICOMDIR_SOP_CLASS
+    return (path.name.upper() == "DICOMDIR" or sop_class(ds) == DICOMDIR_SOP_CLASS
             or header_value(ds, "DirectoryRecordSequence") is not None)
 
 
@@ -224,9 +262,8 @@ def read_slice_headers(ds: Dataset, path: Path, source: str) -> list[SliceHeader
     if modality in NOT_IMAGE_MODALITIES:
         raise RefusedFile(f"Modality {modality} is not an image")
     if header_value(ds, "Rows") is None or header_value(ds, "Columns") is None:
-        file_meta = getattr(ds, "file_meta", Dataset())
-        sop_class = text(ds, "SOPClassUID") or text(file_meta, "MediaStorageSOPClassUID")
-        kind = UID(sop_class).name if sop_class else "unknown SOP class"
+        uid = sop_class(ds)
+        kind = UID(uid).name if uid else "unknown SOP class"
         raise RefusedFile(f"no image pixel module (Rows/Columns missing; {kind})")
     samples = number(ds, "SamplesPerPixel", int) or 1
     photometric = text(ds, "PhotometricInterpretation") or "MONOCHROME2"
@@ -254,7 +291,7 @@ def read_slice_headers(ds: Dataset, path: Path, source: str) -> list[SliceHeader
         raise RefusedFile("ImageOrientationPatient and ImagePositionPatient must both be present "
                           "or both absent")
     if orientation is not None:
-        slice_normal(orientation)
+        check_orientation(orientation)
         if frames > 1:
             raise RefusedFile(f"{MULTIFRAME_UNSUPPORTED}: {frames} frames share one ImagePositionPatient "
                               "(no per-frame functional groups)")

@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from dicom_pixels import resize_frames
+import dicom_pixels
+from dicom_pixels import FrameResizer, resize_frames
 from dicom_series import HEADER_ALLOW_LIST, header_value
 from ingest_dicom import ingest_dicom, main
 from parquet_io import read_metadata, read_tables
@@ -271,3 +272,43 @@ def test_multiframe_cine_without_geometry_keeps_stored_frame_order(tmp_path):
     assert quarantine == [] and manifest["records_out"] == 1
     assert [r["hu"][0] for r in rows] == [-1024.0, -1014.0, -1004.0]
     assert [r["slice_index"] for r in rows] == [0, 1, 2] and {r["n_slices"] for r in rows} == {3}
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+def test_bits_above_bits_stored_carry_no_value(tmp_path, signed):
+    """12 of 16 bits stored: set upper bits are cleared (sign-extending signed values), clean files pass as is."""
+    clean = np.arange(64).reshape(8, 8) - 32 * signed
+    dirty = (clean & 0x0FFF) | 0x5000
+    for z, stored in enumerate([clean, dirty]):
+        ct_slice(tmp_path / "in" / f"IM{z}", series_uid="1.2.44", z=2.0 * z, stored=stored, BitsStored=12,
+                 HighBit=11, PixelRepresentation=signed)
+    _, rows, quarantine = run(tmp_path)
+    assert quarantine == [] and [r["hu"] for r in rows] == [(clean - 1024.0).ravel().tolist()] * 2
+
+
+def test_frame_resizer_batches_resize_like_single_frames(monkeypatch):
+    """Frames resized through the reused buffers (across shape changes, a file larger than a chunk and than a
+    batch, frames already of the output size) come out as each frame resized alone, then rescaled."""
+    monkeypatch.setattr(dicom_pixels, "SCRATCH_BYTES", 2 * 16 * 16 * 4)  # rows of two 16x16 frames at a time
+    monkeypatch.setattr(dicom_pixels, "BATCH_BYTES", 3 * 8 * 16 * 4)  # columns of three 8x16 frames at a time
+    rng = np.random.default_rng(1)
+    files = [rng.integers(-1000, 2000, size=shape, dtype=np.int16)
+             for shape in [(1, 16, 16), (2, 16, 16), (5, 16, 16), (1, 12, 20), (2, 8, 8), (1, 16, 16)]]
+    resizer = FrameResizer(8)
+    for i, stored in enumerate(files):
+        resizer.add([(i, f) for f in range(len(stored))], stored, np.full(len(stored), 2.0, np.float32),
+                    np.full(len(stored), -1024.0, np.float32))
+    resizer.flush()
+    for i, stored in enumerate(files):
+        for f, frame in enumerate(stored):
+            expected = resize_frames(frame[None].astype(np.float32), 8)[0] * 2.0 - 1024.0
+            np.testing.assert_allclose(resizer.results[(i, f)], expected, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("patient_id, charset", [("PAT-0042 ", None), ("  lead", None), ("A\\B", None),
+                                                 ("Müller", "ISO_IR 100"), ("Kim", "ISO 2022 IR 149")])
+def test_patient_id_reads_as_pydicom_decodes_it(tmp_path, patient_id, charset):
+    extra = {} if charset is None else {"SpecificCharacterSet": charset}
+    path = ct_slice(tmp_path / "a.dcm", series_uid="1.2.45", patient_id=patient_id, **extra)
+    fast, slow = (pydicom.dcmread(path, stop_before_pixels=True) for _ in range(2))
+    assert header_value(fast, "PatientID") == slow.PatientID
