@@ -41,6 +41,7 @@ class ClassifierSpec:
     dropout: float = 0.1
     max_rows_per_bag: int = 8
     encoder_hidden: dict[str, int] = field(default_factory=dict)
+    record_level: bool = False  # trained on labels per record (series, FASTA record), not per subject
 
     def save(self, folder: Path) -> None:
         (folder / SPEC_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"task {args.task}: no {split} units with data; check labels and inputs")
 
     model = build_classifier(args.task, modalities, classes, model_spec, cfg, args.tokens_root, data["train"])
+    model.spec.record_level = labels.column("record_id").null_count < labels.num_rows
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("device %s, %d parameters (%d trainable), strategy %s", device,
              sum(p.numel() for p in model.parameters()), trainable, cfg.strategy)

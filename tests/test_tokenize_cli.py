@@ -129,6 +129,21 @@ def test_rows_get_the_split_stage_split_of_their_subject(inputs):
     assert sum(pq.read_table(p).num_rows for p in outs.values()) == dna_part().num_rows
 
 
+def test_new_data_is_written_whole_with_the_fitted_tokenizer(inputs):
+    """--out-all: every row in one file, for prediction; the same ids as the split outputs."""
+    outs = run_stage(inputs, "text", "ehr", {"vocab_size": 100})
+    whole = inputs / "new" / "all" / "shard-0.parquet"
+    tokenize_shard.main(["--modality", "text", "--ingest-part", str(inputs / "ehr" / "part-0.parquet"),
+                         "--tokenizer-dir", str(inputs / "text" / "tok"), "--out-all", str(whole),
+                         "--params-json", json.dumps({"vocab_size": 100})])
+    split_rows = pa.concat_tables([pq.read_table(p) for p in outs.values()]).sort_by("record_id")
+    assert pq.read_table(whole).sort_by("record_id").to_pylist() == split_rows.to_pylist()
+    with pytest.raises(SystemExit):  # both kinds of output at once is refused
+        tokenize_shard.main(["--modality", "text", "--ingest-part", str(inputs / "ehr" / "part-0.parquet"),
+                             "--tokenizer-dir", str(inputs / "text" / "tok"), "--out-all", str(whole),
+                             "--out-train", str(whole)])
+
+
 def test_unknown_param_is_refused_naming_the_key(inputs):
     with pytest.raises(ValueError, match="'vocab'"):
         run_stage(inputs, "text", "ehr", {"vocab": 10})

@@ -143,3 +143,33 @@ def test_two_processes_under_torchrun_train_one_model(tmp_path, tokens):
     assert len(history) == 2 and all(row["processes"] == 2 for row in history)
     model = models.load_classifier(out)
     assert model.spec.modalities == ["dna"]
+
+
+def test_unlabelled_units_are_records_for_a_record_level_task_and_subjects_otherwise():
+    def rows(modality, subjects, records):
+        data = bags.FlatColumn(np.zeros(len(subjects), np.int64), np.arange(len(subjects) + 1))
+        return bags.ModalityRows(modality, np.asarray(subjects), np.asarray(records, dtype=object), data)
+
+    found = {"dna": rows("dna", [7, 7, 7, 3], ["r2", "r1", "r2", "r9"]),
+             "ehr": rows("ehr", [5, 7], [None, None])}
+    per_record = predict.unit_table(None, "all", found, record_level=True)
+    assert list(zip(per_record["subject_id"].to_pylist(), per_record["record_id"].to_pylist(),
+                    strict=True)) == [(3, "r9"), (7, "r1"), (7, "r2")]
+    per_subject = predict.unit_table(None, "all", found, record_level=False)
+    assert per_subject["subject_id"].to_pylist() == [3, 5, 7] and per_subject["record_id"].null_count == 3
+    assert per_subject["label"].null_count == 3
+
+
+def test_predictions_say_which_split_a_known_subject_had_in_training(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"subject_id": pa.array([1, 2], pa.int64()), "split": ["train", "test"]}),
+                   tmp_path / "subjects.parquet")
+    frame = pd.DataFrame({"subject_id": [2, 99, 1], "record_id": [None] * 3, "label": [None] * 3,
+                          "predicted": ["a"] * 3, "probabilities": [np.array([0.5, 0.5], np.float32)] * 3})
+    marked = predict.with_training_split(frame, tmp_path / "subjects.parquet")
+    assert marked["training_split"].tolist() == ["test", None, "train"]
+    predict.write_predictions(marked, tmp_path / "p.parquet", {})
+    assert pq.read_table(tmp_path / "p.parquet").column("training_split").to_pylist() == ["test", None, "train"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -24,7 +26,12 @@ def run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("workflow")
     copy_workflow(work)
     generate_demo(work / "raw", n_subjects=40, seed=1, image_size=16, slices=(4, 6))
-    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(work / "raw")))
+    config = tiny_config(work / "raw")
+    # "New" data to predict on: a copy of the same exports, so its predictions can be checked against evaluation.
+    shutil.copytree(work / "raw", work / "new_raw")
+    config["predict"] = {"again": {"inputs": json.loads(json.dumps(config["inputs"]).replace(
+        str(work / "raw"), str(work / "new_raw")))}}
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
     sm(work, "--cores", "2", "--configfile", "config.yaml")
     return work
 
@@ -67,6 +74,26 @@ def test_every_contract_output_exists(run):
     for name in ("codes.parquet", "subject_splits.parquet", "dataset.json"):
         assert (results / "meds" / "metadata" / name).exists(), name
     assert any((results / "logs").rglob("*.log")) and any((results / "benchmarks").rglob("*.tsv"))
+
+
+def test_new_data_is_predicted_with_the_trained_tokenizers_and_models(run):
+    """The predict batch holds the same exports: each unit evaluated on the test split must come out with
+    the same probabilities (same pseudonyms, tokens and bags), and train and val units are predicted too."""
+    results = run / "results"
+    for modality in ("image", "dna", "ehr"):
+        manifest = json.loads((results / "predict" / "again" / "ingest" / modality / "manifest.json").read_text())
+        assert manifest["records_in"] == manifest["records_out"] + manifest["records_quarantined"] > 0
+    for task in TASKS:
+        new = pq.read_table(results / "predict" / "again" / task / "predictions.parquet").to_pandas()
+        evaluated = pq.read_table(results / "eval" / task / "predictions.parquet").to_pandas()
+        assert new["label"].isna().all() and len(new) > len(evaluated)
+        assert set(new["training_split"]) == {"train", "val", "test"}  # the batch repeats the training exports
+        units = ["subject_id", "record_id"]
+        both = evaluated.fillna({"record_id": ""}).merge(new.fillna({"record_id": ""}), on=units,
+                                                          suffixes=("_eval", "_new"))
+        assert len(both) == len(evaluated), task
+        np.testing.assert_allclose(np.stack(both["probabilities_new"]), np.stack(both["probabilities_eval"]),
+                                   atol=1e-5, err_msg=task)
 
 
 def test_second_dry_run_has_nothing_to_do(run):
@@ -142,8 +169,9 @@ def test_changing_one_tasks_finetune_reruns_only_that_task(run):
     config["tasks"]["lesion_ct"]["finetune"]["lr"] = 5e-4
     (run / "changed.yaml").write_text(yaml.safe_dump(config))
     jobs = by_rule(planned_jobs(run, "changed.yaml"))
-    assert set(jobs) == {"finetune", "evaluate_task", "summary_report", "all"}
+    assert set(jobs) == {"finetune", "evaluate_task", "summary_report", "predict_task", "all"}
     assert jobs["finetune"] == [{"task": "lesion_ct"}] and jobs["evaluate_task"] == [{"task": "lesion_ct"}]
+    assert jobs["predict_task"] == [{"batch": "again", "task": "lesion_ct"}]  # the retrained model predicts anew
 
 
 def test_editing_tokenizer_code_reruns_tokenisation_not_ingestion(run):
@@ -159,6 +187,8 @@ def test_editing_tokenizer_code_reruns_tokenisation_not_ingestion(run):
     assert {w["modality"] for w in jobs["tokenize_shard"]} == {"dna"}
     assert jobs["fit_tokenizer"] == [{"modality": "dna"}]
     assert {w["task"] for w in jobs["finetune"]} == {"variant_dna", "composite_risk"}
+    assert jobs["predict_tokenize"] == [{"batch": "again", "modality": "dna"}]
+    assert {w["task"] for w in jobs["predict_task"]} == {"variant_dna", "composite_risk"}
 
 
 def test_a_new_subject_reruns_one_shard_per_modality(run):

@@ -63,12 +63,62 @@ RAW_INDEX = raw_index.build_index(
     config["inputs"], config["privacy"]["salt_file"], config["shards"], config["staging"]
 )
 TOKENIZED = sorted({m for spec in config["tasks"].values() for m in spec["modalities"]})
+# New data to predict on (config `predict`): batches of raw exports run through trained tasks.
+BATCHES = sorted(config["predict"])
+
+
+def batch_ingested(batch):
+    """The ingested modalities a predict batch has inputs for."""
+    inputs = config["predict"][batch]["inputs"]
+    return [m for m, key in INGEST_INPUT.items() if inputs.get(key)]
+
+
+def batch_tasks(batch):
+    """Tasks run on a batch: those it names, or every task whose modalities its inputs provide."""
+    named = config["predict"][batch].get("tasks")
+    if named is not None:
+        return named
+    have = set(batch_ingested(batch))
+    return [t for t in TASKS if all(TOKEN_SOURCE[m] in have for m in config["tasks"][t]["modalities"])]
+
+
+def batch_sources(batch):
+    """The ingested modalities a batch's tasks read."""
+    return sorted({TOKEN_SOURCE[m] for t in batch_tasks(batch) for m in config["tasks"][t]["modalities"]})
+
+
+def _check_predict():
+    for batch in BATCHES:
+        have = batch_ingested(batch)
+        for task in config["predict"][batch].get("tasks") or []:
+            if task not in config["tasks"]:
+                raise ValueError(f"config key 'predict.{batch}.tasks': there is no task '{task}'")
+            for modality in config["tasks"][task]["modalities"]:
+                if TOKEN_SOURCE[modality] not in have:
+                    raise ValueError(
+                        f"config key 'predict.{batch}.tasks': '{task}' needs '{modality}' data from "
+                        f"'predict.{batch}.inputs.{INGEST_INPUT[TOKEN_SOURCE[modality]]}', which is not set"
+                    )
+        if not batch_tasks(batch):
+            raise ValueError(f"config key 'predict.{batch}': no task has all its modalities in these inputs")
+
+
+_check_predict()
+# Each batch's raw files indexed like the inputs, as one shard (new batches are small).
+PREDICT_INDEX = {
+    batch: raw_index.build_index(
+        config["predict"][batch]["inputs"], config["privacy"]["salt_file"], 1,
+        str(Path(config["staging"]) / "predict" / batch),
+    )
+    for batch in BATCHES
+}
 
 wildcard_constraints:
     modality="image|dna|text|ehr",
     split="train|val|test",
     shard=r"\d+",
     task="|".join(TASKS) or "no-task",
+    batch="|".join(BATCHES) or "no-batch",
 
 
 # ---- output paths: the only place result paths are built ----
@@ -136,6 +186,30 @@ def summary_report():
     return result("report.html")
 
 
+def predict_file(batch, *parts):
+    return result("predict", batch, *parts)
+
+
+def predict_ingest_file(batch, modality, name):
+    return predict_file(batch, "ingest", modality, name)
+
+
+def predict_tokens(batch, modality):
+    return predict_file(batch, "tokens", modality, "all", "shard-0.parquet")
+
+
+def predictions_file(batch, task):
+    return predict_file(batch, task, "predictions.parquet")
+
+
+def predict_outputs():
+    """What the `predict` target asks for: each batch's ingest manifests and its tasks' predictions."""
+    return [
+        *(predict_ingest_file(b, m, "manifest.json") for b in BATCHES for m in batch_sources(b)),
+        *(predictions_file(b, t) for b in BATCHES for t in batch_tasks(b)),
+    ]
+
+
 STAGES = ["ingest", "split", "tokenize", "train", "evaluate", "report"]
 
 
@@ -181,6 +255,8 @@ STAGE_CODE = {
                  "kmers.py",
                  "special_tokens.py", "metrics.py", "baseline.py", "report_task.py", "parquet_io.py"],
     "report": ["report_all.py", "report_task.py", "metrics.py", "parquet_io.py"],
+    "predict": ["predict.py", "train.py", "models.py", "bags.py", "pseudonym.py", "distributed.py", "kmers.py",
+                "special_tokens.py", "parquet_io.py"],
 }
 
 
@@ -204,6 +280,7 @@ STAGE_ENV = {
     "train": "train",
     "evaluate": "train",
     "report": "report",
+    "predict": "train",
 }
 
 
@@ -235,6 +312,10 @@ def fasta_shard_files(wildcards):
 
 def ehr_shard_files(wildcards):
     return RAW_INDEX.ehr.get(int(wildcards.shard), [])
+
+
+def shard_number(wildcards):
+    return wildcards.shard
 
 
 def ehr_shard_tables_json(wildcards):
@@ -365,6 +446,49 @@ def meds_root_of(wildcards, output):
 def tokens_root_of(wildcards, input):
     """results/tokens from any token shard results/tokens/<modality>/<split>/shard-<k>.parquet."""
     return str(Path(input.shards[0]).parents[2])
+
+
+def predict_raw_files(kind):
+    """Input function: a predict batch's raw files of one kind (`dicom`, `fasta`; `ehr`: staged CSVs)."""
+
+    def files(wildcards):
+        return getattr(PREDICT_INDEX[wildcards.batch], kind).get(0, [])
+
+    return files
+
+
+def predict_raw_root(key):
+    def root(wildcards):
+        return config["predict"][wildcards.batch]["inputs"][key]
+
+    return root
+
+
+def predict_ehr_tables_json(wildcards):
+    tables = config["predict"][wildcards.batch]["inputs"]["ehr"]
+    return as_json(raw_index.staged_tables(tables, predict_raw_files("ehr")(wildcards)))
+
+
+def predict_regex(wildcards):
+    return config["predict"][wildcards.batch]["inputs"]["fasta_subject_regex"]
+
+
+def predict_tokenize_input(wildcards):
+    return predict_ingest_file(wildcards.batch, TOKEN_SOURCE[wildcards.modality], "part-0.parquet")
+
+
+def predict_task_inputs(wildcards):
+    return {
+        "model": model_dir(wildcards.task),
+        "tokens": [predict_tokens(wildcards.batch, m) for m in task_modalities(wildcards.task)],
+        "subjects": subjects_table(),
+        "code": stage_code("predict"),
+    }
+
+
+def predict_tokens_root_of(wildcards, input):
+    """results/predict/<batch>/tokens from results/predict/<batch>/tokens/<modality>/all/shard-0.parquet."""
+    return str(Path(input.tokens[0]).parents[2])
 
 
 def raw_root(key):

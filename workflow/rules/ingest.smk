@@ -13,6 +13,7 @@ rule ingest_dicom:
     params:
         root=raw_root("dicom"),
         salt=config["privacy"]["salt_file"],
+        shard=shard_number,
         shards=config["shards"],
         image_size=config["ingest"]["dicom"]["image_size"],
     log:
@@ -26,7 +27,7 @@ rule ingest_dicom:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(60),
     shell:
-        "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {wildcards.shard}"
+        "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {params.shard}"
         " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
         " --quarantine {output.quarantine:q} --manifest {output.manifest:q} --image-size {params.image_size}"
         " > {log:q} 2>&1"
@@ -43,6 +44,7 @@ rule ingest_fasta:
     params:
         root=raw_root("fasta"),
         salt=config["privacy"]["salt_file"],
+        shard=shard_number,
         shards=config["shards"],
         regex=config["inputs"]["fasta_subject_regex"],
         window=config["ingest"]["fasta"]["window"],
@@ -60,7 +62,7 @@ rule ingest_fasta:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(60),
     shell:
-        "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {wildcards.shard}"
+        "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {params.shard}"
         " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
         " --quarantine {output.quarantine:q} --manifest {output.manifest:q} --subject-regex {params.regex:q}"
         " --window {params.window} --stride {params.stride} --max-n-fraction {params.max_n}"
@@ -78,6 +80,7 @@ rule ingest_ehr:
     params:
         tables=ehr_shard_tables_json,
         salt=config["privacy"]["salt_file"],
+        shard=shard_number,
         shards=config["shards"],
     log:
         log_path("ingest", "ehr", "shard-{shard}"),
@@ -90,7 +93,7 @@ rule ingest_ehr:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(60),
     shell:
-        "python {input.code[0]:q} --tables-json {params.tables:q} --shard {wildcards.shard}"
+        "python {input.code[0]:q} --tables-json {params.tables:q} --shard {params.shard}"
         " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
         " --quarantine {output.quarantine:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 

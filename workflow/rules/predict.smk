@@ -1,0 +1,119 @@
+# New data through trained tasks (config `predict`): each batch is ingested as one shard with the same
+# pseudonym key (a known patient keeps its subject id), tokenised with the training run's tokenizers (never
+# refitted on new data), and every unit found is predicted. Ingestion reuses the ingest rules' commands.
+
+
+use rule ingest_dicom as predict_ingest_dicom with:
+    input:
+        raw=predict_raw_files("dicom"),
+        code=stage_code("ingest_dicom"),
+    output:
+        part=predict_ingest_file("{batch}", "image", "part-0.parquet"),
+        quarantine=predict_ingest_file("{batch}", "image", "quarantine.parquet"),
+        manifest=predict_ingest_file("{batch}", "image", "manifest.json"),
+    params:
+        root=predict_raw_root("dicom"),
+        salt=config["privacy"]["salt_file"],
+        shard=0,
+        shards=1,
+        image_size=config["ingest"]["dicom"]["image_size"],
+    log:
+        log_path("predict", "{batch}", "ingest-image"),
+    benchmark:
+        benchmark_path("predict", "{batch}", "ingest-image")
+
+
+use rule ingest_fasta as predict_ingest_fasta with:
+    input:
+        raw=predict_raw_files("fasta"),
+        code=stage_code("ingest_fasta"),
+    output:
+        part=predict_ingest_file("{batch}", "dna", "part-0.parquet"),
+        quarantine=predict_ingest_file("{batch}", "dna", "quarantine.parquet"),
+        manifest=predict_ingest_file("{batch}", "dna", "manifest.json"),
+    params:
+        root=predict_raw_root("fasta"),
+        salt=config["privacy"]["salt_file"],
+        shard=0,
+        shards=1,
+        regex=predict_regex,
+        window=config["ingest"]["fasta"]["window"],
+        stride=config["ingest"]["fasta"]["stride"],
+        max_n=config["ingest"]["fasta"]["max_n_fraction"],
+        n_policy=config["ingest"]["fasta"]["n_policy"],
+    log:
+        log_path("predict", "{batch}", "ingest-dna"),
+    benchmark:
+        benchmark_path("predict", "{batch}", "ingest-dna")
+
+
+use rule ingest_ehr as predict_ingest_ehr with:
+    input:
+        staged=predict_raw_files("ehr"),
+        code=stage_code("ingest_ehr"),
+    output:
+        part=predict_ingest_file("{batch}", "ehr", "part-0.parquet"),
+        quarantine=predict_ingest_file("{batch}", "ehr", "quarantine.parquet"),
+        manifest=predict_ingest_file("{batch}", "ehr", "manifest.json"),
+    params:
+        tables=predict_ehr_tables_json,
+        salt=config["privacy"]["salt_file"],
+        shard=0,
+        shards=1,
+    log:
+        log_path("predict", "{batch}", "ingest-ehr"),
+    benchmark:
+        benchmark_path("predict", "{batch}", "ingest-ehr")
+
+
+rule predict_tokenize:
+    input:
+        part=predict_tokenize_input,
+        tokenizer=tokenizer_dir("{modality}"),
+        code=tokenize_code,
+    output:
+        predict_tokens("{batch}", "{modality}"),
+    params:
+        tokenize=tokenize_params,
+    log:
+        log_path("predict", "{batch}", "tokenize-{modality}"),
+    benchmark:
+        benchmark_path("predict", "{batch}", "tokenize-{modality}")
+    conda:
+        stage_env("tokenize")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(30),
+    shell:
+        "python {input.code[0]:q} --modality {wildcards.modality} --ingest-part {input.part:q}"
+        " --tokenizer-dir {input.tokenizer:q} --out-all {output:q} --params-json {params.tokenize:q}"
+        " > {log:q} 2>&1"
+
+
+rule predict_task:
+    input:
+        unpack(predict_task_inputs),
+    output:
+        predictions_file("{batch}", "{task}"),
+    params:
+        tokens_root=predict_tokens_root_of,
+    log:
+        log_path("predict", "{batch}", "{task}"),
+    benchmark:
+        benchmark_path("predict", "{batch}", "{task}")
+    conda:
+        stage_env("predict")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(60),
+    shell:
+        "python {input.code[0]:q} --model-dir {input.model:q} --tokens-root {params.tokens_root:q} --split all"
+        " --training-subjects {input.subjects:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule predict:
+    localrule: True
+    input:
+        predict_outputs(),
