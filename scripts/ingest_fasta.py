@@ -34,10 +34,10 @@ N_POLICIES = ("drop", "mask", "keep")
 IUPAC_BASES = "ACGTURYSWKMBDHVN"
 WHITESPACE = b" \t\r\n\v\f"
 INVALID = ord("!")  # what a non-IUPAC byte becomes: never a base, so one find() locates it
+INVALID_BYTE = bytes([INVALID])
 STREAM_ERRORS = (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError)
 READ_BYTES = 1 << 22
-BATCH_BASES = 1 << 26
-UNKNOWN = object()  # a subject not looked up yet  # window accepted records this many bases at a time (bounded memory)
+BATCH_BASES = 1 << 26  # window accepted records this many bases at a time (bounded memory)
 
 
 def base_table(n_policy: str) -> bytes:
@@ -195,12 +195,25 @@ class FastaReader:
         self.batch, self.columns = RecordBatch(), WindowColumns()
         self._owners: dict[str, int | None] = {}
 
-    def _subject(self, header: bytes) -> tuple[str, str]:
-        """(record id, raw subject) of a header line ('' when absent or not matched)."""
-        title = header[1:].decode("utf-8").strip()
-        record = title.split(None, 1)[0] if title else ""
-        match = self.pattern.search(record) if record else None
-        return record, (match.group("subject_id") or "").strip() if match else ""
+    def _headers(self, segment: bytes, starts: list[int], ends: list[int],
+                 result: FileResult) -> tuple[list[int], list[str], list[str]]:
+        """(offset of the header's newline or -1, record id, raw subject or '') of each record of a segment,
+        header lines decoded in one call; a header that is not UTF-8 breaks the file after the one before."""
+        newlines = [segment.find(b"\n", start, end) for start, end in zip(starts, ends, strict=True)]
+        lines = [segment[start + 1:end if newline == -1 else newline]
+                 for start, end, newline in zip(starts, ends, newlines, strict=True)]
+        try:
+            titles = b"\n".join(lines).decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            for line in lines:
+                line.decode("utf-8")  # raises at the first bad header, with its own position
+                result.records_read += 1
+            raise
+        records = [(title.split(None, 1) or [""])[0] for title in titles]
+        search = self.pattern.search
+        subjects = [(match.group("subject_id") or "").strip() if record and (match := search(record)) else ""
+                    for record in records]
+        return newlines, records, subjects
 
     def _owned(self, subject: str) -> int | None:
         """The subject's pseudonym when this job owns it, else None (cached: subjects have many records)."""
@@ -230,24 +243,23 @@ class FastaReader:
         starts = record_starts(segment)
         if result.records_read == 0 and segment[:starts[0] if starts else len(segment)].strip(WHITESPACE):
             raise ValueError("text before the first '>' header")
+        if not starts:
+            return  # blank lines before the first record, read as a segment of their own
+        ends = [*starts[1:], len(segment)]
+        newlines, records, subjects = self._headers(segment, starts, ends, result)
         owns_unassigned = self.job.owns_unassigned(source)
         table, first_seen, new_ids, refused = self.table, self.first_seen, result.new_ids, result.refused
-        batch, file = self.batch, len(self.files) - 1
-        number, ends = result.records_read, [*starts[1:], len(segment)] if starts else []
-        for start, end in zip(starts, ends, strict=True):
+        batch, file, owners = self.batch, len(self.files) - 1, self._owners
+        number = result.records_read
+        for record, subject, newline, end in zip(records, subjects, newlines, ends, strict=True):
             number += 1
-            newline = segment.find(b"\n", start, end)
-            record, subject = self._subject(segment[start:end if newline == -1 else newline])
-            result.records_read = number
             if not subject:
                 if owns_unassigned:
                     result.records_in += 1
                     refused.append((number, "empty header" if not record else
                                     "header does not match the subject regex"))
                 continue
-            subject_id = self._owners.get(subject, UNKNOWN)
-            if subject_id is UNKNOWN:
-                subject_id = self._owned(subject)
+            subject_id = owners[subject] if subject in owners else self._owned(subject)
             if subject_id is None:
                 continue  # another shard's job counts this record
             result.records_in += 1
@@ -258,11 +270,11 @@ class FastaReader:
             new_ids[record] = (source, number)
             body = b"" if newline == -1 else segment[newline + 1:end]
             bases = body.translate(table, WHITESPACE)
-            problem = record_problem(body, bases)
-            if problem:
-                refused.append((number, problem))
+            if not bases or bases.find(INVALID_BYTE) != -1:
+                refused.append((number, record_problem(body, bases)))
                 continue
             batch.add(bases, subject_id, record, file, number)
+        result.records_read = number
 
     def flush(self) -> None:
         """Window the queued records into `columns` and tally them in their files' results; records left
