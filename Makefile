@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 demo/raw/labels: $(STAMP) scripts/make_demo_data.py
 	$(BIN)/python scripts/make_demo_data.py --out demo/raw --subjects $(DEMO_SUBJECTS) --seed 0 \
 		--salt-file demo/mmhealth_demo_salt
+	# Later exports of 30 other patients: the config's `predict` batch runs the trained tasks on them.
+	$(BIN)/python scripts/make_demo_data.py --out demo/new --subjects 30 --seed 1
 	touch demo/raw/labels
 
 demo: demo/raw/labels

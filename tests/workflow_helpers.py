@@ -19,6 +19,7 @@ def tiny_config(raw: Path) -> dict:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     text = json.dumps(config).replace("demo/raw", str(raw))
     config = json.loads(text)
+    config.pop("predict", None)  # the demo's batch of new patients is not generated here
     config.update(shards=2, split={"train": 0.5, "val": 0.25, "test": 0.25},
                   evaluate={"bootstrap": 50, "seed": 0})
     config["ingest"]["dicom"]["image_size"] = 16
