@@ -45,9 +45,8 @@ from dicom_series import (
     RefusedSeries,
     SliceHeader,
     arrange_series,
-    is_dicomdir,
+    file_ids,
     read_slice_headers,
-    text,
 )
 from pseudonym import load_or_create_salt, record_pseudonym, subject_pseudonym
 
@@ -144,20 +143,19 @@ class SeriesCollector:
         self.result.inputs[source] = common.sha256_bytes(data)
         try:
             ds, pixel_offset = parse_file(data, path)
-            patient_id = "" if is_dicomdir(ds, path) else text(ds, "PatientID")
-            series_uid = text(ds, "SeriesInstanceUID")
+            ids = file_ids(ds, path)
         except RefusedFile as exc:  # no subject: counted by the one job that owns this file's path
             if self.job.owns_unassigned(source):
                 self.result.counts.records_in += 1
                 self.result.refuse(source, "file", str(exc))
             return
-        if patient_id and series_uid:
-            self.series_patients[series_uid].setdefault(patient_id)
-        if not self.owns(patient_id, source):
+        if ids.patient_id and ids.series_uid:
+            self.series_patients[ids.series_uid].setdefault(ids.patient_id)
+        if not self.owns(ids.patient_id, source):
             return  # another shard's job counts this file
         self.result.counts.records_in += 1
         try:
-            slices = read_slice_headers(ds, path, source)
+            slices = read_slice_headers(ds, path, source, ids)
         except RefusedFile as exc:
             self.result.refuse(source, "file", str(exc))
             return

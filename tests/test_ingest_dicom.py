@@ -312,3 +312,13 @@ def test_patient_id_reads_as_pydicom_decodes_it(tmp_path, patient_id, charset):
     path = ct_slice(tmp_path / "a.dcm", series_uid="1.2.45", patient_id=patient_id, **extra)
     fast, slow = (pydicom.dcmread(path, stop_before_pixels=True) for _ in range(2))
     assert header_value(fast, "PatientID") == slow.PatientID
+
+
+@pytest.mark.parametrize("rows, cols, size", [(256, 256, 64), (512, 256, 64), (300, 260, 64), (20, 16, 8),
+                                              (8, 5, 20), (130, 70, 64)])
+def test_banded_resize_equals_the_dense_weight_products(rows, cols, size):
+    """Blocks merged into strided runs (whole-number shrinks) or not (others) give the dense product."""
+    frames = np.random.default_rng(2).integers(-1000, 2000, size=(3, rows, cols)).astype(np.float32)
+    dense = np.einsum("or,nrc,pc->nop", dicom_pixels.resample_matrix(rows, size), frames,
+                      dicom_pixels.resample_matrix(cols, size))
+    np.testing.assert_allclose(resize_frames(frames, size), dense, rtol=1e-5, atol=1e-3)
