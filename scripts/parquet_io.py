@@ -112,5 +112,6 @@ def write_partitioned(table: pa.Table, paths: Sequence[str | os.PathLike], shard
     """Write table rows into len(paths) files by the integer `shard_column`; every file is written, even empty."""
     shard = table.column(shard_column)
     for k, path in enumerate(paths):
-        part = table.filter(pc.equal(shard, k)).drop_columns([shard_column])
+        whole = len(paths) == 1 and pc.all(pc.equal(shard, k)).as_py() is not False  # no copy through a filter
+        part = (table if whole else table.filter(pc.equal(shard, k))).drop_columns([shard_column])
         write_table(part, path, stage, params, layout=layout)
