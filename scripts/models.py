@@ -94,7 +94,10 @@ class FusionClassifier(nn.Module):
     """logits = g(sum_k W_k mean_rows(f_k(rows)) + b); one modality is the K = 1 case of the same model.
 
     g starts with a batch norm: pooled encoder states differ little between subjects next to what they
-    share, and standardising across the batch is what lets a fresh encoder's signal reach the logits.
+    share, and standardising across the batch is what lets a fresh encoder's signal reach the logits. Its
+    running statistics are set by `train.calibrate_norm` from fused vectors computed as inference computes
+    them: averages tracked while the encoders change under fine-tuning are stale, and squash every
+    prediction towards one class.
     """
 
     def __init__(self, spec: ClassifierSpec, encoders: dict[str, nn.Module]):
@@ -122,6 +125,10 @@ class FusionClassifier(nn.Module):
         return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]], n_units: int) -> torch.Tensor:
+        return self.head(self.fuse(inputs, n_units))
+
+    def fuse(self, inputs: dict[str, dict[str, torch.Tensor]], n_units: int) -> torch.Tensor:
+        """sum_k W_k f_k + b per unit: what the head g reads."""
         fused = self.bias.expand(n_units, -1)
         for modality, rows in inputs.items():
             vectors = self.embed_rows(modality, rows).float()
@@ -130,7 +137,7 @@ class FusionClassifier(nn.Module):
             counts = torch.bincount(index, minlength=n_units).clamp(min=1).unsqueeze(1)
             # A unit with no rows in this modality adds nothing: its mean is a zero vector.
             fused = fused + self.project[modality](sums / counts)
-        return self.head(fused)
+        return fused
 
     def head_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()

@@ -22,10 +22,9 @@ from bags import BagData, ModalityRows, build_bags, load_modality_rows, read_lab
 from models import FusionClassifier, load_classifier
 from parquet_io import write_table
 from pseudonym import RECORD_MODALITIES
-from train import pick_device, predict_proba
+from train import inference_rows, pick_device, predict_proba
 
 log = logging.getLogger("predict")
-EVAL_ROWS_PER_BAG = 64
 
 
 def unit_table(labels_path: str | None, split: str, rows: dict[str, ModalityRows], record_level: bool) -> pa.Table:
@@ -62,8 +61,7 @@ def load_units(model: FusionClassifier, tokens_root: str | Path, split: str,
 
 
 def predictions_frame(model: FusionClassifier, data: BagData, labelled: bool, batch_size: int = 32) -> pd.DataFrame:
-    prob = predict_proba(model, data, batch_size, max(EVAL_ROWS_PER_BAG, model.spec.max_rows_per_bag),
-                         pick_device())
+    prob = predict_proba(model, data, batch_size, inference_rows(model), pick_device())
     classes = np.asarray(model.spec.classes, dtype=object)
     return pd.DataFrame({
         "subject_id": data.subject_id.astype(np.int64),
@@ -109,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     frame = predictions_frame(model, data, labelled=args.labels is not None)
     if args.training_subjects:
         frame = with_training_split(frame, args.training_subjects)
-    write_predictions(frame, args.out, {"model": str(args.model_dir), "split": args.split})
+    write_predictions(frame, args.out, {"model": str(args.model_dir), "split": args.split,
+                                        "classes": model.spec.classes})
     log.info("%d predictions written to %s", len(frame), args.out)
 
 

@@ -35,6 +35,8 @@ from models import (
 from parquet_io import read_metadata
 
 log = logging.getLogger("train")
+INFERENCE_ROWS_PER_BAG = 64  # a bag's rows seen when predicting (evenly spaced beyond this)
+CALIBRATION_UNITS = 1024  # training units whose fused vectors set the head's batch-norm statistics
 
 
 @dataclass
@@ -156,8 +158,31 @@ def predict_proba(model: FusionClassifier, data: BagData, batch_size: int, rows_
     return np.concatenate(out) if out else np.zeros((0, len(model.spec.classes)), np.float32)
 
 
+def inference_rows(model: FusionClassifier) -> int:
+    """Rows per bag when predicting: every row up to INFERENCE_ROWS_PER_BAG, at least as many as in training."""
+    return max(INFERENCE_ROWS_PER_BAG, model.spec.max_rows_per_bag)
+
+
+@torch.no_grad()
+def calibrate_norm(model: FusionClassifier, data: BagData, batch_size: int, device: torch.device) -> None:
+    """Set the head's batch-norm statistics to the mean and variance of the fused vectors of (up to
+    CALIBRATION_UNITS of) `data`, computed in eval mode with the rows inference uses ("precise BN")."""
+    model.eval()
+    units = np.unique(np.linspace(0, len(data) - 1, min(len(data), CALIBRATION_UNITS)).astype(np.int64))
+    fused = []
+    for start in range(0, len(units), batch_size):
+        chosen = units[start:start + batch_size]
+        with autocast(device):
+            fused.append(model.fuse(to_device(collate(data, chosen, inference_rows(model)), device),
+                                    len(chosen)).float())
+    vectors = torch.cat(fused)
+    norm = model.head[0]
+    norm.running_mean.copy_(vectors.mean(dim=0))
+    norm.running_var.copy_(vectors.var(dim=0) if len(vectors) > 1 else torch.ones_like(norm.running_var))
+
+
 def evaluate_split(model: FusionClassifier, data: BagData, cfg: FinetuneConfig, device: torch.device) -> dict:
-    prob = predict_proba(model, data, cfg.batch_size, cfg.max_rows_per_bag, device)
+    prob = predict_proba(model, data, cfg.batch_size, inference_rows(model), device)
     loss = float(-np.log(np.clip(prob[np.arange(len(data)), data.labels], 1e-7, 1)).mean())
     auroc = math.nan
     if len(np.unique(data.labels)) > 1:
@@ -206,6 +231,7 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
                 optimizer.step()
                 scheduler.step()
                 losses.append(loss.item())
+            calibrate_norm(model, train, cfg.batch_size, device)
             scores = evaluate_split(model, val, cfg, device)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": scores["loss"],
                    "val_auroc": scores["auroc"], "lr": scheduler.get_last_lr()[0],

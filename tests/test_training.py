@@ -69,11 +69,36 @@ def test_fusion_learns_and_artifact_reloads(tmp_path, tokens):
     frame = predict.predictions_frame(model, data, labelled=True)
     prob = np.stack(frame["probabilities"].to_numpy())
     assert roc_auc_score(frame["label"] == "pos", prob[:, 1]) > 0.8
+    assert (frame["predicted"] == frame["label"]).mean() > 0.75
+
+    # The saved batch-norm statistics are those of the best weights' fused training vectors at inference
+    # (statistics tracked during fine-tuning went stale and squashed every prediction to one class).
+    rows = {m: bags.load_modality_rows(root, m, "train") for m in model.spec.modalities}
+    train_data, _ = bags.build_bags(bags.read_labels(labels, "train"), model.spec.classes, rows)
+    with torch.no_grad():
+        batch = bags.collate(train_data, np.arange(len(train_data)), train.inference_rows(model))
+        fused = model.fuse(batch["inputs"], len(train_data))
+    torch.testing.assert_close(model.head[0].running_mean, fused.mean(dim=0), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(model.head[0].running_var, fused.var(dim=0), rtol=1e-3, atol=1e-4)
 
     # Encoders load with plain transformers, no mmhealth code involved.
     from transformers import AutoModel
     encoder = AutoModel.from_pretrained(out / "encoder-dna", local_files_only=True)
     assert encoder.config.hidden_size == 16
+
+
+def test_norm_statistics_are_those_of_the_fused_vectors_at_inference(tokens):
+    root, labels, _ = tokens
+    rows = {"dna": bags.load_modality_rows(root, "dna", "train")}
+    data, _ = bags.build_bags(bags.read_labels(labels, "train"), ["neg", "pos"], rows)
+    model = train.build_classifier("t", ["dna"], ["neg", "pos"], TINY, train.FinetuneConfig(), root, data)
+    train.calibrate_norm(model, data, batch_size=5, device=torch.device("cpu"))
+    with torch.no_grad():
+        batch = bags.collate(data, np.arange(len(data)), train.inference_rows(model))
+        fused = model.fuse(batch["inputs"], len(data))
+    norm = model.head[0]
+    torch.testing.assert_close(norm.running_mean, fused.mean(dim=0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, fused.var(dim=0), rtol=1e-4, atol=1e-5)
 
 
 def test_head_only_strategy_freezes_encoders(tokens):
