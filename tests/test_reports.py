@@ -201,3 +201,30 @@ def test_summary_report_links_every_task(tmp_path):
     write_summary_report(metrics_files[:1], tmp_path / "elsewhere" / "summary.html")
     _, page = parse(tmp_path / "elsewhere" / "summary.html")
     assert page.links == ["../results/eval/empty_class/report.html"]
+
+
+def test_predict_report_counts_new_and_seen_subjects_without_ids(tmp_path):
+    from predict import write_predictions
+    from report_predict import main as report_predict_main
+
+    results = tmp_path / "results"
+    subjects = [4711000000000011, 4711000000000011, 4711000000000012, 4711000000000013]  # pseudonym-sized
+    frame = pd.DataFrame({"subject_id": subjects, "record_id": ["a", "b", "c", "d"], "label": [None] * 4,
+                          "predicted": ["no", "yes", "yes", "no"],
+                          "probabilities": [np.array(p, np.float32) for p in ([.8, .2], [.3, .7], [.1, .9], [.6, .4])],
+                          "training_split": ["train", "train", None, None]})
+    predictions = results / "predict" / "ward" / "lesion" / "predictions.parquet"
+    write_predictions(frame, predictions, {"classes": ["no", "yes"]})
+    manifest = results / "predict" / "ward" / "ingest" / "image" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"modality": "image", "records_in": 9, "records_out": 8, "records_quarantined": 1}))
+    out = results / "predict" / "ward" / "report.html"
+    report_predict_main(["--batch", "ward", "--predictions", str(predictions), "--manifests", str(manifest),
+                         "--eval-reports", str(results / "eval" / "lesion" / "report.html"), "--out", str(out)])
+    html, page = parse(out)
+    assert page.section_ids == ["ingest", "tasks", "probabilities", "trust"] and len(page.images) == 1
+    assert page.links == ["../../eval/lesion/report.html"]
+    text = " ".join(" ".join(page.text).split())
+    assert "image 9 8 1" in text
+    assert "lesion 4 3 2 1 no: 2, yes: 2" in text  # 4 units, 3 subjects: 2 new, 1 seen in training
+    assert not any(str(s) in html for s in subjects)

@@ -94,6 +94,8 @@ def test_new_data_is_predicted_with_the_trained_tokenizers_and_models(run):
         assert len(both) == len(evaluated), task
         np.testing.assert_allclose(np.stack(both["probabilities_new"]), np.stack(both["probabilities_eval"]),
                                    atol=1e-5, err_msg=task)
+    page = (results / "predict" / "again" / "report.html").read_text()
+    assert all(task in page for task in TASKS) and page.count("<img") == len(TASKS)
 
 
 def test_second_dry_run_has_nothing_to_do(run):
@@ -169,7 +171,7 @@ def test_changing_one_tasks_finetune_reruns_only_that_task(run):
     config["tasks"]["lesion_ct"]["finetune"]["lr"] = 5e-4
     (run / "changed.yaml").write_text(yaml.safe_dump(config))
     jobs = by_rule(planned_jobs(run, "changed.yaml"))
-    assert set(jobs) == {"finetune", "evaluate_task", "summary_report", "predict_task", "all"}
+    assert set(jobs) == {"finetune", "evaluate_task", "summary_report", "predict_task", "predict_report", "all"}
     assert jobs["finetune"] == [{"task": "lesion_ct"}] and jobs["evaluate_task"] == [{"task": "lesion_ct"}]
     assert jobs["predict_task"] == [{"batch": "again", "task": "lesion_ct"}]  # the retrained model predicts anew
 

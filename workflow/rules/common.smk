@@ -202,11 +202,16 @@ def predictions_file(batch, task):
     return predict_file(batch, task, "predictions.parquet")
 
 
+def predict_report(batch):
+    return predict_file(batch, "report.html")
+
+
 def predict_outputs():
-    """What the `predict` target asks for: each batch's ingest manifests and its tasks' predictions."""
+    """What the `predict` target asks for: each batch's page, its tasks' predictions and ingest manifests."""
     return [
         *(predict_ingest_file(b, m, "manifest.json") for b in BATCHES for m in batch_sources(b)),
         *(predictions_file(b, t) for b in BATCHES for t in batch_tasks(b)),
+        *(predict_report(b) for b in BATCHES),
     ]
 
 
@@ -255,6 +260,7 @@ STAGE_CODE = {
                  "kmers.py",
                  "special_tokens.py", "metrics.py", "baseline.py", "report_task.py", "parquet_io.py"],
     "report": ["report_all.py", "report_task.py", "metrics.py", "parquet_io.py"],
+    "predict_report": ["report_predict.py", "report_task.py", "metrics.py", "parquet_io.py"],
     "predict": ["predict.py", "train.py", "models.py", "bags.py", "pseudonym.py", "distributed.py", "kmers.py",
                 "special_tokens.py", "parquet_io.py"],
 }
@@ -281,6 +287,7 @@ STAGE_ENV = {
     "evaluate": "train",
     "report": "report",
     "predict": "train",
+    "predict_report": "report",
 }
 
 
@@ -483,6 +490,16 @@ def predict_task_inputs(wildcards):
         "tokens": [predict_tokens(wildcards.batch, m) for m in task_modalities(wildcards.task)],
         "subjects": subjects_table(),
         "code": stage_code("predict"),
+    }
+
+
+def predict_report_inputs(wildcards):
+    tasks = batch_tasks(wildcards.batch)
+    return {
+        "predictions": [predictions_file(wildcards.batch, t) for t in tasks],
+        "manifests": [predict_ingest_file(wildcards.batch, m, "manifest.json") for m in batch_sources(wildcards.batch)],
+        "eval_reports": [eval_file(t, "report.html") for t in tasks],
+        "code": stage_code("predict_report"),
     }
 
 

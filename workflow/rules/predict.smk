@@ -113,6 +113,24 @@ rule predict_task:
         " --training-subjects {input.subjects:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
+rule predict_report:
+    input:
+        unpack(predict_report_inputs),
+    output:
+        predict_report("{batch}"),
+    log:
+        log_path("predict", "{batch}", "report"),
+    conda:
+        stage_env("predict_report")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=runtime_min(10),
+    shell:
+        "python {input.code[0]:q} --batch {wildcards.batch} --predictions {input.predictions:q}"
+        " --manifests {input.manifests:q} --eval-reports {input.eval_reports:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule predict:
     localrule: True
     input:
