@@ -6,6 +6,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,11 @@ def row_group_rows(table: pa.Table, max_rows: int = ROW_GROUP_SIZE, max_bytes: i
 LAYOUTS = ("raw", "float_split")
 
 
+@lru_cache(maxsize=64)
 def leaf_paths(schema: pa.Schema) -> dict[str, list[str]]:
     """Parquet column paths of each top-level field ('hu' -> ['hu.list.element']). Per-column writer options
-    are keyed by these: a top-level name silently matches nothing for a nested column."""
+    are keyed by these: a top-level name silently matches nothing for a nested column. Cached per schema
+    (found by writing an empty table: ~1 ms)."""
     buffer = io.BytesIO()
     pq.write_table(schema.empty_table(), buffer)
     parquet = pq.ParquetFile(io.BytesIO(buffer.getvalue())).schema
@@ -61,7 +64,7 @@ def writer_options(schema: pa.Schema, layout: Mapping[str, str]) -> dict[str, An
     if unknown:
         raise ValueError(f"unknown column layout {unknown[0]!r}: use one of {', '.join(LAYOUTS)}")
     compression, dictionary, encoding = {}, [], {}
-    for name, paths in leaf_paths(schema).items():
+    for name, paths in leaf_paths(schema.remove_metadata()).items():
         kind = layout.get(name)
         for path in paths:
             compression[path] = "none" if kind == "raw" else "zstd"
