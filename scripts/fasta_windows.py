@@ -158,10 +158,9 @@ class WindowColumns:
 
     def table(self, without_files: Collection[int] = ()) -> pa.Table:
         """The windows as a DNA_SCHEMA table, leaving out those of the files `without_files`."""
-        table = pa.Table.from_pydict(
-            {name: pa.chunked_array(self.chunks[name], type=pa.int32() if name == FILE_COLUMN else
-                                    DNA_SCHEMA.field(name).type) for name in [*DNA_SCHEMA.names, FILE_COLUMN]})
-        if without_files:
-            table = table.filter(pc.invert(pc.is_in(table[FILE_COLUMN], pa.array(sorted(without_files),
-                                                                                   pa.int32()))))
-        return table.drop_columns([FILE_COLUMN]).cast(DNA_SCHEMA)
+        table = pa.Table.from_pydict({name: pa.chunked_array(self.chunks[name], type=DNA_SCHEMA.field(name).type)
+                                      for name in DNA_SCHEMA.names}, schema=DNA_SCHEMA)
+        if not without_files:
+            return table
+        files = pa.chunked_array(self.chunks[FILE_COLUMN], type=pa.int32())
+        return table.filter(pc.invert(pc.is_in(files, pa.array(sorted(without_files), pa.int32()))))

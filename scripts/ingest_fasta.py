@@ -35,7 +35,6 @@ N_POLICIES = ("drop", "mask", "keep")
 IUPAC_BASES = "ACGTURYSWKMBDHVN"
 WHITESPACE = b" \t\r\n\v\f"
 INVALID = ord("!")  # what a non-IUPAC byte becomes: never a base, so one find() locates it
-INVALID_BYTE = bytes([INVALID])
 STREAM_ERRORS = (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError)
 READ_BYTES = 1 << 22
 BATCH_BASES = 1 << 26  # window accepted records this many bases at a time (bounded memory)
@@ -271,8 +270,9 @@ class FastaReader:
             new_ids[record] = (source, number)
             body = b"" if newline == -1 else segment[newline + 1:end]
             bases = body.translate(table, WHITESPACE)
-            if not bases or bases.find(INVALID_BYTE) != -1:
-                refused.append((number, record_problem(body, bases)))
+            problem = record_problem(body, bases)
+            if problem:
+                refused.append((number, problem))
                 continue
             batch.add(bases, subject_id, record, file, number)
         result.records_read = number

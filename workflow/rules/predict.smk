@@ -1,6 +1,7 @@
 # New data through trained tasks (config `predict`): each batch is ingested as one shard with the same
 # pseudonym key (a known patient keeps its subject id), tokenised with the training run's tokenizers (never
-# refitted on new data), and every unit found is predicted. Ingestion reuses the ingest rules' commands.
+# refitted on new data), and every unit found is predicted. Ingestion reuses the ingest rules' commands
+# (`use rule ... with` replaces input and output whole and overrides only the params named here).
 
 
 use rule ingest_dicom as predict_ingest_dicom with:
@@ -13,10 +14,8 @@ use rule ingest_dicom as predict_ingest_dicom with:
         manifest=predict_ingest_file("{batch}", "image", "manifest.json"),
     params:
         root=predict_raw_root("dicom"),
-        salt=config["privacy"]["salt_file"],
         shard=0,
         shards=1,
-        image_size=config["ingest"]["dicom"]["image_size"],
     log:
         log_path("predict", "{batch}", "ingest-image"),
     benchmark:
@@ -33,14 +32,9 @@ use rule ingest_fasta as predict_ingest_fasta with:
         manifest=predict_ingest_file("{batch}", "dna", "manifest.json"),
     params:
         root=predict_raw_root("fasta"),
-        salt=config["privacy"]["salt_file"],
         shard=0,
         shards=1,
         regex=predict_regex,
-        window=config["ingest"]["fasta"]["window"],
-        stride=config["ingest"]["fasta"]["stride"],
-        max_n=config["ingest"]["fasta"]["max_n_fraction"],
-        n_policy=config["ingest"]["fasta"]["n_policy"],
     log:
         log_path("predict", "{batch}", "ingest-dna"),
     benchmark:
@@ -57,7 +51,6 @@ use rule ingest_ehr as predict_ingest_ehr with:
         manifest=predict_ingest_file("{batch}", "ehr", "manifest.json"),
     params:
         tables=predict_ehr_tables_json,
-        salt=config["privacy"]["salt_file"],
         shard=0,
         shards=1,
     log:
