@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from models import ClassifierSpec, EncoderInit, FusionClassifier, new_encoder
+from mmhealth.core.config import from_config
+from mmhealth.train.models import ClassifierSpec, EncoderInit, FusionClassifier, new_encoder
 
 
 def classifier(hidden: int, layers: int, vocab: int, length: int) -> FusionClassifier:
-    init = EncoderInit(hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64))
+    init = from_config(EncoderInit, hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64))
     encoders = {"text": new_encoder("text", init, 0.1, vocab_size=vocab, max_length=length),
                 "image": new_encoder("image", init, 0.1, image_shape=(3, 64, 64))}
     spec = ClassifierSpec(task="gpu_check", modalities=["text", "image"], classes=["0", "1"], fusion_dim=hidden)

@@ -37,9 +37,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from ingest_common import WHOLE_INPUT, list_input_files  # noqa: E402
-from ingest_dicom import collect_dicom, ingest_dicom  # noqa: E402
-from ingest_fasta import WindowParams, collect_fasta, ingest_fasta, is_fasta  # noqa: E402
+from mmhealth.ingest.common import WHOLE_INPUT, list_input_files  # noqa: E402
+from mmhealth.ingest.dicom import collect_dicom, ingest_dicom  # noqa: E402
+from mmhealth.ingest.fasta import WindowParams, collect_fasta, ingest_fasta, is_fasta  # noqa: E402
 
 KEY = b"benchmark-key-" * 4
 SLICES_PER_SERIES = 30

@@ -1,14 +1,13 @@
-"""Tokenising and streaming against their library ceilings, in one process on one core.
+"""Tokenising against its library ceilings, in one process on one core.
 
-DNA: `tokenize_dna.kmer_ids_batch` (and the whole `encode_rows` path) on random sequence in 256 bp windows,
+DNA: `mmhealth.tokenize.dna.kmer_ids_batch` (and the whole `encode_rows` path) on random sequence in 256 bp windows,
 in M k-mers/s, against numpy's own sliding window (`sliding_window_view` of base codes times powers of 4)
-over the same bases (target: >= 10 M k-mers/s). Text: `tokenize_text.encode_rows` (ids, note windows,
+over the same bases (target: >= 10 M k-mers/s). Text: `mmhealth.tokenize.text.encode_rows` (ids, note windows,
 Arrow table) against the same `tokenizers.Tokenizer`'s bare `encode_batch` on the same notes (target ratio
->= 0.9). Streaming: `ShardStream` batches/s (padded tensors) against a bare `pyarrow.parquet` read of the same
-shards into numpy arrays (target ratio >= 0.8). Ratios are ours over the bare one, measured in this process,
+>= 0.9). Ratios are ours over the bare one, measured in this process,
 best of --repeats interleaved rounds. Printed as a table and written to benchmarks/results/tokenize_speed.json.
 
-    .venv/bin/python benchmarks/tokenize_speed.py [--dna-mbases 2] [--notes 3000] [--stream-rows 160000]
+    .venv/bin/python benchmarks/tokenize_speed.py [--dna-mbases 2] [--notes 3000]
 """
 
 from __future__ import annotations
@@ -34,19 +33,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import tokenizers
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-import make_demo_data  # noqa: E402
-import tokenize_dna  # noqa: E402
-import tokenize_text  # noqa: E402
-from fit_tokenizer import ids_table  # noqa: E402
-from parquet_io import write_table  # noqa: E402
-from shard_stream import ShardStream  # noqa: E402
+from mmhealth.core.config import from_config  # noqa: E402
+from mmhealth.demo import data as make_demo_data  # noqa: E402
+from mmhealth.tokenize import dna as tokenize_dna  # noqa: E402
+from mmhealth.tokenize import text as tokenize_text  # noqa: E402
 
 WINDOW_BP = 256
 K = 6
@@ -89,7 +85,7 @@ def bench_dna(tmp: Path, mbases: float, repeats: int) -> dict[str, float]:
     reference = numpy_sliding_kmers(bases, n)
     # Same ids, so the two timings measure the same work.
     assert np.array_equal(pc.list_flatten(ours).to_numpy().reshape(n, -1)[:, 1:-1], reference)
-    params = tokenize_dna.DnaParams(k=K, max_length=512)
+    params = from_config(tokenize_dna.DnaParams, k=K, max_length=512)
     rows = pa.table({"subject_id": pa.array(np.arange(n) // 50, pa.int64()),
                      "record_id": pa.array([f"{i // 50:024x}" for i in range(n)]), "sequence": sequences})
     tokenizer_dir = tmp / "dna_tokenizer"
@@ -124,7 +120,7 @@ def bench_text(tmp: Path, n_notes: int, repeats: int) -> dict[str, float]:
     times = pa.array(minutes.astype("datetime64[us]"), pa.timestamp("us"))
     rows = pa.table({"subject_id": pa.array(np.arange(n_notes) // 5, pa.int64()), "time": times,
                      "text_value": notes})
-    params = tokenize_text.TextParams(vocab_size=4000, max_length=128, stride=32)
+    params = from_config(tokenize_text.TextParams, vocab_size=4000, max_length=128, stride=32)
     tokenizer_dir = tmp / "text_tokenizer"
     tokenize_text.fit_tokenizer(rows, tokenizer_dir, params)
     tokenizer, _, _ = tokenize_text.load_text_tokenizer(tokenizer_dir)
@@ -140,62 +136,6 @@ def bench_text(tmp: Path, n_notes: int, repeats: int) -> dict[str, float]:
             "ratio": round(t_ref / t_ours, 3), "target_ratio": 0.9}
 
 
-def write_stream_shards(folder: Path, n_rows: int, n_shards: int, seed: int = 0) -> list[Path]:
-    """DNA/text-like token shards: 32-128 ids per row, written as the tokenize stage writes them."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for k in range(n_shards):
-        n = n_rows // n_shards
-        lengths = rng.integers(32, 129, size=n)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        values = rng.integers(5, 4096, size=int(offsets[-1]), dtype=np.int32)
-        input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-        subjects = rng.integers(0, 2**62, size=n, dtype=np.int64)
-        records = [f"{s:024x}"[-24:] for s in subjects]
-        path = folder / f"shard-{k}.parquet"
-        write_table(ids_table(subjects, records, input_ids), path, "tokenize", {"benchmark": True})
-        paths.append(path)
-    return paths
-
-
-def bare_read(paths: list[Path], columns: list[str], batch_rows: int) -> int:
-    """Reference: pyarrow's own batch reader, each batch into numpy (ids flat + offsets, no padding)."""
-    batches = 0
-    for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
-            batch.column("subject_id").to_numpy()
-            batch.column("record_id").to_numpy(zero_copy_only=False)
-            ids = batch.column("input_ids")
-            pc.list_flatten(ids).to_numpy()
-            ids.offsets.to_numpy()
-            batches += 1
-    return batches
-
-
-def stream_read(paths: list[Path], columns: list[str], batch_rows: int, shuffle_buffer: int) -> int:
-    stream = ShardStream(paths, columns, batch_rows, shuffle_buffer=shuffle_buffer, seed=0)
-    return sum(1 for _ in stream)
-
-
-def bench_stream(tmp: Path, n_rows: int, batch_rows: int, repeats: int) -> dict[str, float]:
-    folder = tmp / "tokens"
-    folder.mkdir()
-    paths = write_stream_shards(folder, n_rows, n_shards=8)
-    columns = ["subject_id", "record_id", "input_ids"]
-    n_bare = bare_read(paths, columns, batch_rows)
-    n_ours = stream_read(paths, columns, batch_rows, 0)
-    t = best_times(repeats, {"ref": lambda: bare_read(paths, columns, batch_rows),
-                             "ours": lambda: stream_read(paths, columns, batch_rows, 0),
-                             "shuffled": lambda: stream_read(paths, columns, batch_rows, 4 * batch_rows)})
-    t_ref, t_ours, t_shuffled = t["ref"], t["ours"], t["shuffled"]
-    return {"rows": n_rows, "shards": len(paths), "batch_rows": batch_rows,
-            "bare_batches": n_bare, "stream_batches": n_ours,
-            "bare_batches_per_s": round(n_bare / t_ref, 1), "stream_batches_per_s": round(n_ours / t_ours, 1),
-            "stream_shuffled_batches_per_s": round(n_ours / t_shuffled, 1),
-            "ratio": round((n_ours / t_ours) / (n_bare / t_ref), 3),
-            "ratio_shuffled": round((n_ours / t_shuffled) / (n_bare / t_ref), 3), "target_ratio": 0.8}
-
-
 def print_table(results: dict[str, dict]) -> None:
     rows = [
         ("DNA k-mers (M/s)", "kmer_ids_batch", results["dna"]["kmer_ids_batch_mkmers_per_s"],
@@ -207,10 +147,6 @@ def print_table(results: dict[str, dict]) -> None:
         ("text notes/s", "encode_rows", results["text"]["encode_rows_notes_per_s"],
          "Tokenizer.encode_batch", results["text"]["encode_batch_notes_per_s"], results["text"]["ratio"],
          "ratio >= 0.9"),
-        ("stream batches/s", "ShardStream", results["stream"]["stream_batches_per_s"],
-         "pq iter_batches", results["stream"]["bare_batches_per_s"], results["stream"]["ratio"], "ratio >= 0.8"),
-        ("stream batches/s", "ShardStream shuffled", results["stream"]["stream_shuffled_batches_per_s"],
-         "pq iter_batches", results["stream"]["bare_batches_per_s"], results["stream"]["ratio_shuffled"], "-"),
     ]
     header = ("measure", "ours", "value", "reference", "value", "ratio", "target")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -222,8 +158,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dna-mbases", type=float, default=2.0, help="million bases of random sequence")
     parser.add_argument("--notes", type=int, default=3000, help="clinical notes to encode")
-    parser.add_argument("--stream-rows", type=int, default=160_000, help="token rows over 8 shards")
-    parser.add_argument("--batch-rows", type=int, default=64, help="rows per streamed batch")
     parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (best is kept)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tokenize_speed.json"))
     args = parser.parse_args(argv)
@@ -231,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
         results = {"dna": bench_dna(Path(tmp), args.dna_mbases, args.repeats),
-                   "text": bench_text(Path(tmp), args.notes, args.repeats),
-                   "stream": bench_stream(Path(tmp), args.stream_rows, args.batch_rows, args.repeats)}
+                   "text": bench_text(Path(tmp), args.notes, args.repeats)}
     results["environment"] = {"date": dt.date.today().isoformat(), "python": platform.python_version(),
                               "machine": platform.machine(), "cpus": os.cpu_count(),
                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

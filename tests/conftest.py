@@ -36,7 +36,7 @@ def synthetic_tokens(root: Path, n_subjects: int = 36, seed: int = 0, vocab_size
 
     Returns subject ids and labels per split; shards follow workflow/schemas/parquet.md.
     """
-    from parquet_io import write_table
+    from mmhealth.core.parquet_io import write_table
 
     rng = np.random.default_rng(seed)
     subjects = rng.integers(1, 2**62, size=n_subjects)
@@ -79,7 +79,7 @@ def synthetic_tokens(root: Path, n_subjects: int = 36, seed: int = 0, vocab_size
 
 
 def write_labels(path: Path, info: dict[str, np.ndarray]) -> Path:
-    from parquet_io import write_table
+    from mmhealth.core.parquet_io import write_table
 
     write_table(pa.table({
         "subject_id": pa.array(info["subjects"], pa.int64()),
@@ -96,7 +96,7 @@ FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}
 
 def ids_in_split(split: str, count: int, fractions: dict[str, float] = FRACTIONS) -> list[int]:
     """The first `count` positive subject ids that subject_split.split_of puts in `split`."""
-    from subject_split import split_of
+    from mmhealth.split.subject_split import split_of
 
     found, candidate = [], 1
     while len(found) < count:

@@ -1,4 +1,6 @@
-# Test-split evaluation per task: metrics with bootstrap CIs, a baseline, predictions and a report.
+# Test-split evaluation per task: metrics with bootstrap CIs beside a baseline, and both sets of predictions.
+# The task's page is drawn from these files by a rule of its own (report.smk), so a plot edit re-runs no
+# bootstrap.
 
 
 rule evaluate_task:
@@ -7,28 +9,29 @@ rule evaluate_task:
     output:
         metrics=eval_file("{task}", "metrics.json"),
         predictions=eval_file("{task}", "predictions.parquet"),
-        report=eval_file("{task}", "report.html"),
+        baseline=eval_file("{task}", "baseline_predictions.parquet"),
     params:
         modalities=task_modalities_csv,
-        tokens_root=tokens_root_of,
+        shards=shards_json(["train", "test"]),
+        tokenizers=tokenizers_json,
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["evaluate"]["seed"],
-        out_dir=folder_of_metrics,
     log:
         log_path("evaluate", "{task}"),
     benchmark:
         benchmark_path("evaluate", "{task}")
     conda:
-        stage_env("evaluate")
+        entry_env("evaluate_task")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(60),
     shell:
         "python {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
-        " --model-dir {input.model:q} --tokens-root {params.tokens_root:q} --labels {input.labels:q}"
-        " --ehr-parts {input.ehr:q} --bootstrap {params.bootstrap} --seed {params.seed}"
-        " --threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --model-dir {input.model:q} --labels {input.labels:q} --shards-json {params.shards:q}"
+        " --tokenizers-json {params.tokenizers:q} --ehr-parts {input.ehr:q} --bootstrap {params.bootstrap}"
+        " --seed {params.seed} --threads {threads} --out-metrics {output.metrics:q}"
+        " --out-predictions {output.predictions:q} --out-baseline-predictions {output.baseline:q} > {log:q} 2>&1"
 
 
 rule evaluate:

@@ -5,7 +5,7 @@
 rule ingest_dicom:
     input:
         raw=dicom_shard_files,
-        code=stage_code("ingest_dicom"),
+        code=entry_code("ingest_dicom"),
     output:
         part=ingest_part("image", "{shard}"),
         quarantine=shard_quarantine("image", "{shard}"),
@@ -21,7 +21,7 @@ rule ingest_dicom:
     benchmark:
         benchmark_path("ingest", "image", "shard-{shard}")
     conda:
-        stage_env("ingest_dicom")
+        entry_env("ingest_dicom")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -36,7 +36,7 @@ rule ingest_dicom:
 rule ingest_fasta:
     input:
         raw=fasta_shard_files,
-        code=stage_code("ingest_fasta"),
+        code=entry_code("ingest_fasta"),
     output:
         part=ingest_part("dna", "{shard}"),
         quarantine=shard_quarantine("dna", "{shard}"),
@@ -56,7 +56,7 @@ rule ingest_fasta:
     benchmark:
         benchmark_path("ingest", "dna", "shard-{shard}")
     conda:
-        stage_env("ingest_fasta")
+        entry_env("ingest_fasta")
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
@@ -72,7 +72,7 @@ rule ingest_fasta:
 rule ingest_ehr:
     input:
         staged=ehr_shard_files,
-        code=stage_code("ingest_ehr"),
+        code=entry_code("ingest_ehr"),
     output:
         part=ingest_part("ehr", "{shard}"),
         quarantine=shard_quarantine("ehr", "{shard}"),
@@ -87,7 +87,7 @@ rule ingest_ehr:
     benchmark:
         benchmark_path("ingest", "ehr", "shard-{shard}")
     conda:
-        stage_env("ingest_ehr")
+        entry_env("ingest_ehr")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -102,20 +102,20 @@ rule ingest_manifest:
     input:
         manifests=shard_manifests,
         quarantines=shard_quarantines,
-        code=stage_code("ingest_manifest"),
+        code=entry_code("ingest_manifest"),
     output:
         manifest=result("ingest", "{modality}", "manifest.json"),
         quarantine=result("ingest", "{modality}", "quarantine.parquet"),
     log:
         log_path("ingest", "{modality}", "manifest"),
     conda:
-        stage_env("ingest_manifest")
+        entry_env("ingest_manifest")
     threads: 1
     resources:
         mem_mb=mem_mb(1000),
         runtime=runtime_min(10),
     shell:
-        "python {input.code[0]:q} merge --manifests {input.manifests:q} --quarantines {input.quarantines:q}"
+        "python {input.code[0]:q} --manifests {input.manifests:q} --quarantines {input.quarantines:q}"
         " --out-manifest {output.manifest:q} --out-quarantine {output.quarantine:q} > {log:q} 2>&1"
 
 

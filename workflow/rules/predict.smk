@@ -7,7 +7,7 @@
 use rule ingest_dicom as predict_ingest_dicom with:
     input:
         raw=predict_raw_files("dicom"),
-        code=stage_code("ingest_dicom"),
+        code=entry_code("ingest_dicom"),
     output:
         part=predict_ingest_file("{batch}", "image", "part-0.parquet"),
         quarantine=predict_ingest_file("{batch}", "image", "quarantine.parquet"),
@@ -25,7 +25,7 @@ use rule ingest_dicom as predict_ingest_dicom with:
 use rule ingest_fasta as predict_ingest_fasta with:
     input:
         raw=predict_raw_files("fasta"),
-        code=stage_code("ingest_fasta"),
+        code=entry_code("ingest_fasta"),
     output:
         part=predict_ingest_file("{batch}", "dna", "part-0.parquet"),
         quarantine=predict_ingest_file("{batch}", "dna", "quarantine.parquet"),
@@ -44,7 +44,7 @@ use rule ingest_fasta as predict_ingest_fasta with:
 use rule ingest_ehr as predict_ingest_ehr with:
     input:
         staged=predict_raw_files("ehr"),
-        code=stage_code("ingest_ehr"),
+        code=entry_code("ingest_ehr"),
     output:
         part=predict_ingest_file("{batch}", "ehr", "part-0.parquet"),
         quarantine=predict_ingest_file("{batch}", "ehr", "quarantine.parquet"),
@@ -63,7 +63,7 @@ rule predict_tokenize:
     input:
         part=predict_tokenize_input,
         tokenizer=tokenizer_dir("{modality}"),
-        code=tokenize_code,
+        code=modality_code("tokenize_modality"),
     output:
         predict_tokens("{batch}", "{modality}"),
     params:
@@ -73,13 +73,13 @@ rule predict_tokenize:
     benchmark:
         benchmark_path("predict", "{batch}", "tokenize-{modality}")
     conda:
-        stage_env("tokenize")
+        entry_env("tokenize_modality")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(30),
     shell:
-        "python {input.code[0]:q} --modality {wildcards.modality} --ingest-part {input.part:q}"
+        "python {input.code[0]:q} encode --modality {wildcards.modality} --ingest-part {input.part:q}"
         " --tokenizer-dir {input.tokenizer:q} --out-all {output:q} --params-json {params.tokenize:q}"
         " > {log:q} 2>&1"
 
@@ -90,19 +90,19 @@ rule predict_task:
     output:
         predictions_file("{batch}", "{task}"),
     params:
-        tokens_root=predict_tokens_root_of,
+        shards=predict_shards_json,
     log:
         log_path("predict", "{batch}", "{task}"),
     benchmark:
         benchmark_path("predict", "{batch}", "{task}")
     conda:
-        stage_env("predict")
+        entry_env("predict_task")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(60),
     shell:
-        "python {input.code[0]:q} --model-dir {input.model:q} --tokens-root {params.tokens_root:q} --split all"
+        "python {input.code[0]:q} --model-dir {input.model:q} --shards-json {params.shards:q}"
         " --training-subjects {input.subjects:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
@@ -114,7 +114,7 @@ rule predict_report:
     log:
         log_path("predict", "{batch}", "report"),
     conda:
-        stage_env("predict_report")
+        entry_env("predict_report")
     threads: 1
     resources:
         mem_mb=mem_mb(1000),

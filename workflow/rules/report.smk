@@ -1,16 +1,39 @@
-# One page over all tasks.
+# Pages people read: one per task, drawn from evaluation's files, and one summary over all tasks.
+
+
+rule task_report:
+    input:
+        unpack(task_report_inputs),
+    output:
+        eval_file("{task}", "report.html"),
+    params:
+        training_log=training_log_of,
+    log:
+        log_path("report", "{task}"),
+    conda:
+        entry_env("task_report")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
+    shell:
+        "python {input.code[0]:q} --task {wildcards.task} --metrics {input.metrics:q}"
+        " --predictions {input.predictions:q} --baseline-predictions {input.baseline:q}"
+        " --training-log {params.training_log:q} --out {output:q} > {log:q} 2>&1"
+
+
 
 
 rule summary_report:
     input:
         metrics=stage_outputs("evaluate"),
-        code=stage_code("report"),
+        code=entry_code("summary_report"),
     output:
         summary_report(),
     log:
         log_path("report", "summary"),
     conda:
-        stage_env("report")
+        entry_env("summary_report")
     threads: 1
     resources:
         mem_mb=mem_mb(1000),

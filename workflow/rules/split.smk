@@ -4,7 +4,7 @@
 rule subject_split:
     input:
         parts=ingested_parts,
-        code=stage_code("split"),
+        code=entry_code("subject_split"),
     output:
         subjects_table(),
     params:
@@ -12,7 +12,7 @@ rule subject_split:
     log:
         log_path("split", "subjects"),
     conda:
-        stage_env("split")
+        entry_env("subject_split")
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
@@ -26,7 +26,7 @@ rule task_labels:
     input:
         labels=labels_file,
         subjects=subjects_table(),
-        code=stage_code("labels"),
+        code=entry_code("task_labels"),
     output:
         task_labels("{task}"),
     params:
@@ -35,7 +35,7 @@ rule task_labels:
     log:
         log_path("split", "labels", "{task}"),
     conda:
-        stage_env("labels")
+        entry_env("task_labels")
     threads: 1
     resources:
         mem_mb=mem_mb(1000),
@@ -55,7 +55,7 @@ rule leakage_audit:
     log:
         log_path("split", "audit"),
     conda:
-        stage_env("audit")
+        entry_env("leakage_audit")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -75,7 +75,7 @@ rule meds_layout:
     log:
         log_path("split", "meds"),
     conda:
-        stage_env("meds")
+        entry_env("meds_layout")
     threads: 1
     resources:
         mem_mb=mem_mb(2000),

@@ -6,7 +6,7 @@
 rule fit_tokenizer:
     input:
         parts=tokenizer_inputs,
-        code=fit_tokenizer_code,
+        code=modality_code("tokenize_modality"),
     output:
         directory(tokenizer_dir("{modality}")),
     params:
@@ -17,13 +17,13 @@ rule fit_tokenizer:
     benchmark:
         benchmark_path("tokenize", "{modality}", "fit")
     conda:
-        stage_env("fit_tokenizer")
+        entry_env("tokenize_modality")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(30),
     shell:
-        "python {input.code[0]:q} --modality {wildcards.modality} --ingest-parts {input.parts:q}"
+        "python {input.code[0]:q} fit --modality {wildcards.modality} --ingest-parts {input.parts:q}"
         " --fractions {params.fractions:q} --out-dir {output:q} --params-json {params.tokenize:q} > {log:q} 2>&1"
 
 
@@ -31,7 +31,7 @@ rule tokenize_shard:
     input:
         part=tokenize_shard_input,
         tokenizer=tokenizer_dir("{modality}"),
-        code=tokenize_code,
+        code=modality_code("tokenize_modality"),
     output:
         train=token_shard("{modality}", "train", "{shard}"),
         val=token_shard("{modality}", "val", "{shard}"),
@@ -44,13 +44,13 @@ rule tokenize_shard:
     benchmark:
         benchmark_path("tokenize", "{modality}", "shard-{shard}")
     conda:
-        stage_env("tokenize")
+        entry_env("tokenize_modality")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(30),
     shell:
-        "python {input.code[0]:q} --modality {wildcards.modality} --ingest-part {input.part:q}"
+        "python {input.code[0]:q} encode --modality {wildcards.modality} --ingest-part {input.part:q}"
         " --fractions {params.fractions:q} --tokenizer-dir {input.tokenizer:q} --out-train {output.train:q}"
         " --out-val {output.val:q} --out-test {output.test:q} --params-json {params.tokenize:q}"
         " > {log:q} 2>&1"

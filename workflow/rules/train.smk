@@ -10,14 +10,15 @@ rule finetune:
         model=model_params,
         finetune=finetune_params,
         modalities=task_modalities_csv,
-        tokens_root=tokens_root_of,
+        shards=shards_json(["train", "val"]),
+        tokenizers=tokenizers_json,
         launcher=train_launcher,
     log:
         log_path("train", "{task}"),
     benchmark:
         benchmark_path("train", "{task}")
     conda:
-        stage_env("train")
+        entry_env("finetune")
     threads: 2
     resources:
         gpu=task_gpus,
@@ -25,7 +26,8 @@ rule finetune:
         runtime=runtime_min(240),
     shell:
         "{params.launcher} {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
-        " --tokens-root {params.tokens_root:q} --labels {input.labels:q} --model-json {params.model:q}"
+        " --labels {input.labels:q} --shards-json {params.shards:q} --tokenizers-json {params.tokenizers:q}"
+        " --model-json {params.model:q}"
         " --finetune-json {params.finetune:q} --threads {threads} --out-dir {output:q} > {log:q} 2>&1"
 
 

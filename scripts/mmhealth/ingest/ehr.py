@@ -1,0 +1,345 @@
+"""Ingest EHR CSV tables -> MEDS events (subject_id, time, code, numeric_value, text_value).
+
+Each configured table maps its rows to one or more events: `code` is a template over the row's columns
+(`LAB//{test}`), times are shifted by the subject's keyed date shift, and note text is scrubbed of the
+subject's known identifiers (columns listed under `identifiers`, its raw id, its birth date in common
+formats, see `ehr_scrub`).
+A bad row (including one that is not valid UTF-8) is quarantined with its file line; a bad mapping (missing
+column, unreadable file) fails the job. A shard job reads each table's `staged` CSV (this shard's rows with
+their original line numbers in a last column `__line__`) and reports sources and lines of the original.
+Every written part is validated against the MEDS 0.4 data schema of the `meds` package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import string
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mmhealth.core.meds import MEDS_VERSION, validate_meds_events
+from mmhealth.core.pseudonym import date_shift_days, normalise_raw_id, subject_pseudonym
+from mmhealth.ingest import common
+from mmhealth.ingest.ehr_scrub import identifier_terms, scrubbed
+
+log = logging.getLogger("ingest_ehr")
+
+MEDS_SCHEMA = pa.schema([
+    ("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
+    ("numeric_value", pa.float32()), ("text_value", pa.string()),
+])
+BIRTH_CODE = "MEDS_BIRTH"
+LINE_COLUMN = "__line__"  # original 1-based file line of a staged row
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+
+
+class EhrInputError(Exception):
+    """A table that cannot be ingested at all (unreadable file, missing or misused column): the job fails."""
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One event a row emits: code template, and the columns of its time, number and text."""
+
+    code: str
+    time: str | None = None
+    numeric_value: str | None = None
+    text_value: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One CSV table of the config's `inputs.ehr` list."""
+
+    path: str
+    subject_id: str
+    events: tuple[EventSpec, ...]
+    time: str | None = None
+    time_format: str | None = None
+    identifiers: tuple[str, ...] = ()
+    staged: str | None = None  # this shard's rows of `path`, with LINE_COLUMN
+
+
+def _checked_keys(raw: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise EhrInputError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    return raw
+
+
+def template_columns(code: str) -> list[str]:
+    """Columns named by `{column}` placeholders of a code template (no format specs, no positional fields)."""
+    columns = []
+    for _, name, spec, conversion in string.Formatter().parse(code):
+        if name is None:
+            continue
+        if not name or spec or conversion:
+            raise EhrInputError(f"code template {code!r}: placeholders must be plain column names "
+                                "like {test}")
+        columns.append(name)
+    return columns
+
+
+def parse_table_specs(raw_tables: list[dict[str, Any]]) -> list[TableSpec]:
+    """Typed table specs from the config list; EhrInputError names the table and the bad key."""
+    specs = []
+    for number, raw in enumerate(raw_tables):
+        where = f"inputs.ehr[{number}]"
+        raw = _checked_keys(dict(raw), TableSpec, where)
+        if not raw.get("path") or not raw.get("subject_id") or not raw.get("events"):
+            raise EhrInputError(f"{where}: 'path', 'subject_id' and a non-empty 'events' list are required")
+        events = tuple(EventSpec(**_checked_keys(dict(event), EventSpec, f"{where}.events"))
+                       for event in raw["events"])
+        spec = TableSpec(**{**raw, "events": events, "identifiers": tuple(raw.get("identifiers") or ())})
+        for event in events:
+            emitted = {*template_columns(event.code), event.numeric_value, event.text_value} - {None}
+            leaked = sorted(emitted & set(spec.identifiers))
+            if leaked:
+                raise EhrInputError(f"{spec.path}: identifier column(s) {leaked} would be emitted by event "
+                                    f"{event.code!r}; identifiers may only be used as times or for scrubbing")
+        specs.append(spec)
+    return specs
+
+
+def required_columns(spec: TableSpec) -> dict[str, str]:
+    """Every column the table's mapping reads -> its role, for the missing-column error."""
+    roles = {spec.subject_id: "subject_id"}
+    if spec.time:
+        roles.setdefault(spec.time, "time")
+    for column in spec.identifiers:
+        roles.setdefault(column, "identifiers")
+    for event in spec.events:
+        for column in template_columns(event.code):
+            roles.setdefault(column, f"code {event.code!r}")
+        for role in ("time", "numeric_value", "text_value"):
+            if getattr(event, role):
+                roles.setdefault(getattr(event, role), f"{role} of {event.code!r}")
+    return roles
+
+
+def read_table(spec: TableSpec, columns: Iterable[str] | None = None) -> tuple[pd.DataFrame,
+                                                                              dict[int, list[str]]]:
+    """The CSV (or its staged rows) as strings (leading zeros kept, empty cells ''), and the rows whose cells
+    are not valid UTF-8 (those cells blanked); EhrInputError names the file and the column."""
+    path = spec.staged or spec.path
+    try:  # object, not arrow strings: a cell may hold surrogate-escaped bytes until it is checked
+        frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8-sig",
+                            encoding_errors="surrogateescape")
+    except Exception as exc:
+        raise EhrInputError(f"{path}: cannot read CSV: {type(exc).__name__}: {exc}") from None
+    needed = required_columns(spec)
+    if spec.staged:
+        needed[LINE_COLUMN] = "original line numbers of staged rows"
+    for column, role in needed.items():
+        if column not in frame.columns:
+            raise EhrInputError(f"{path}: column '{column}' ({role}) is missing; "
+                                f"the file has columns {list(frame.columns)}")
+    frame = frame if columns is None else frame[list(dict.fromkeys(columns))]
+    problems: dict[int, list[str]] = defaultdict(list)
+    for column in frame.columns.drop(LINE_COLUMN, errors="ignore"):
+        bad = frame[column].str.contains(NOT_UTF8).to_numpy(dtype=bool)
+        for i in np.flatnonzero(bad):  # the byte is named, never the cell: it may be part of a name
+            byte = ord(NOT_UTF8.search(frame[column].iat[i]).group()) - 0xDC00
+            problems[i].append(f"not valid UTF-8 in column '{column}' (byte 0x{byte:02X})")
+        if bad.any():  # the row is refused; arrow strings cannot hold the escaped bytes
+            frame.loc[bad, column] = frame.loc[bad, column].str.replace(NOT_UTF8, "\ufffd", regex=True)
+    return frame.astype(str), problems
+
+
+def row_start_lines(path: str) -> list[int]:
+    """1-based file line where each data row starts (header = line 1), counting quoted newlines and blanks."""
+    import csv  # only needed when a row is refused
+
+    lines, previous_end = [], 1
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for row in reader:
+            start = previous_end + 1
+            previous_end = reader.line_num
+            if row:  # pandas skips blank lines too
+                lines.append(start)
+    return lines
+
+
+def row_lines(spec: TableSpec, frame: pd.DataFrame) -> list[str]:
+    """Locator of every row: `line N` of the original file, `row N` if lines cannot be matched."""
+    if spec.staged:
+        return [f"line {int(n)}" for n in frame[LINE_COLUMN]]
+    lines = row_start_lines(spec.path)
+    if len(lines) == len(frame):
+        return [f"line {n}" for n in lines]
+    return [f"row {i + 1}" for i in range(len(frame))]
+
+
+def parse_times(raw: pd.Series, time_format: str | None) -> pd.Series:
+    """Naive UTC datetimes (offsets converted), NaT where empty or unparseable."""
+    if time_format:
+        parsed = pd.to_datetime(raw, format=time_format, errors="coerce", utc=True)
+    else:
+        parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=True)
+    return parsed.dt.tz_localize(None).dt.as_unit("us")
+
+
+def collect_identifiers(specs: list[TableSpec]) -> dict[str, set[str]]:
+    """Raw subject id -> terms to redact from its notes, gathered from every table (memory only)."""
+    terms: dict[str, set[str]] = defaultdict(set)
+    for spec in specs:
+        birth_columns = [e.time or spec.time for e in spec.events
+                         if e.code == BIRTH_CODE and (e.time or spec.time)]
+        columns = [*spec.identifiers, *birth_columns]
+        formats = [spec.time_format] if spec.time_format else []
+        if not columns:
+            continue
+        frame, _ = read_table(spec, [spec.subject_id, *columns])
+        for row in frame.itertuples(index=False, name=None):
+            subject = normalise_raw_id(row[0])
+            if subject:
+                for value in row[1:]:
+                    terms[subject] |= identifier_terms(value, formats)
+    return terms
+
+
+@dataclass
+class TableResult:
+    """Events of one table, its refused rows and its row count."""
+
+    events: pd.DataFrame
+    refused: list[common.QuarantineRow]
+    rows: int
+
+
+def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> TableResult:
+    """Map one table's rows to events; rows with any problem are refused with their file line."""
+    frame, problems = read_table(spec)
+
+    def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
+        for i in np.flatnonzero(np.asarray(mask)):
+            if reason not in problems[i]:
+                problems[i].append(reason)
+
+
+    subjects = frame[spec.subject_id].str.strip()
+    flag(subjects == "", f"missing subject id in column '{spec.subject_id}'")
+    times, numbers, codes = {}, {}, {}
+    for event in spec.events:
+        column = event.time or spec.time
+        if column and column not in times:
+            raw = frame[column].str.strip()
+            times[column] = parse_times(raw, spec.time_format)
+            flag(raw == "", f"empty time in column '{column}'")
+            flag((raw != "") & times[column].isna(), f"unparseable time in column '{column}' "
+                 f"(expected {repr(spec.time_format) if spec.time_format else 'ISO 8601'})")
+        if event.numeric_value and event.numeric_value not in numbers:
+            raw = frame[event.numeric_value].str.strip()
+            values = pd.to_numeric(raw.where(raw != ""), errors="coerce").astype("float64")
+            numbers[event.numeric_value] = values
+            with np.errstate(over="ignore"):  # beyond float32 range is refused below, not warned about
+                finite = np.isfinite(values.to_numpy().astype(np.float32))
+            flag((raw != "") & ~finite, f"unparseable numeric_value in column '{event.numeric_value}'")
+        code = pd.Series("", index=frame.index)
+        for literal, column, _, _ in string.Formatter().parse(event.code):
+            code = code + literal
+            if column is not None:
+                value = frame[column].str.strip()
+                flag(value == "", f"empty value in column '{column}' for code {event.code!r}")
+                code = code + value
+        codes[event.code] = code
+    ok = ~frame.index.isin(list(problems))
+    pseudonyms = {raw: subject_pseudonym(raw, key) for raw in subjects[ok].unique()}
+    shift_days = {raw: date_shift_days(pid, key) for raw, pid in pseudonyms.items()}
+    shift = pd.to_timedelta(subjects[ok].map(shift_days), unit="D").astype("timedelta64[us]")
+    patterns: dict[str, re.Pattern[str] | None] = {}
+    events = []
+    for event in spec.events:
+        column = event.time or spec.time
+        static = pd.Series(pd.NaT, index=frame.index[ok], dtype="datetime64[us]")
+        text: Any = None
+        if event.text_value:
+            text = [scrubbed(value, subject, redact, patterns)
+                    for value, subject in zip(frame[event.text_value][ok], subjects[ok], strict=True)]
+        events.append(pd.DataFrame({
+            "subject_id": subjects[ok].map(pseudonyms).astype("int64"),
+            "time": times[column][ok] + shift if column else static,
+            "code": codes[event.code][ok],
+            "numeric_value": (numbers[event.numeric_value][ok] if event.numeric_value else np.nan),
+            "text_value": text}).astype({"numeric_value": "float32"}))
+    lines = row_lines(spec, frame) if problems else []
+    refused = [common.QuarantineRow(spec.path, lines[i], "; ".join(reasons))
+               for i, reasons in sorted(problems.items())]
+    return TableResult(pd.concat(events, ignore_index=True), refused, len(frame))
+
+
+def events_table(frames: list[pd.DataFrame]) -> pa.Table:
+    """MEDS table sorted by subject_id, then time with static (null-time) events first; stable otherwise."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return MEDS_SCHEMA.empty_table()
+    table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True)[MEDS_SCHEMA.names], schema=MEDS_SCHEMA,
+                                 preserve_index=False)
+    return table.sort_by([("subject_id", "ascending", "at_start"), ("time", "ascending", "at_start")])
+
+
+def collect_events(specs: list[TableSpec], key: bytes) -> tuple[pa.Table, list[common.QuarantineRow],
+                                                                 common.RecordCounts, dict[str, str]]:
+    """Events of every table (MEDS-validated), refused rows, counts and input checksums."""
+    redact = collect_identifiers(specs)
+    counts = common.RecordCounts()
+    quarantine: list[common.QuarantineRow] = []
+    frames = []
+    for spec in specs:
+        result = table_events(spec, key, redact)
+        counts.records_in += result.rows
+        counts.records_quarantined += len(result.refused)
+        counts.records_out += result.rows - len(result.refused)
+        quarantine.extend(result.refused)
+        frames.append(result.events)
+    table = events_table(frames)
+    validate_meds_events(table)
+    # the original table's checksum: every shard job reports the same, so merged manifests agree
+    inputs = {spec.path: common.sha256_file(spec.path if Path(spec.path).exists() or not spec.staged
+                                            else spec.staged) for spec in specs}
+    return table, quarantine, counts, inputs
+
+
+def _params(specs: list[TableSpec]) -> dict[str, Any]:
+    return {"tables": [{k: v for k, v in asdict(spec).items() if k != "staged"} for spec in specs]}
+
+
+def ingest_ehr(tables: list[dict[str, Any]], key: bytes, out_dir: str | Path, shards: int) -> dict[str, Any]:
+    """Ingest the configured tables; write part-<k>, quarantine and manifest; return the manifest."""
+    specs = parse_table_specs(tables)
+    table, quarantine, counts, inputs = collect_events(specs, key)
+    return common.write_ingest_outputs(out_dir, "ehr", table, shards, quarantine, counts, inputs,
+                                       _params(specs), {"meds_version": MEDS_VERSION})
+
+
+def ingest_ehr_shard(tables: list[dict[str, Any]], key: bytes, job: common.ShardJob, out_part: str | Path,
+                     out_quarantine: str | Path, out_manifest: str | Path) -> dict[str, Any]:
+    """One shard job over the tables' `staged` rows: one part, its quarantine and manifest."""
+    specs = parse_table_specs(tables)
+    unstaged = [spec.path for spec in specs if not spec.staged]
+    if unstaged:
+        raise EhrInputError(f"{unstaged[0]}: a shard job needs the table's 'staged' CSV")
+    table, quarantine, counts, inputs = collect_events(specs, key)
+    return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "ehr", table, job, quarantine,
+                                      counts, inputs, _params(specs), {"meds_version": MEDS_VERSION})
+
+
+def load_tables_json(text_or_path: str) -> list[dict[str, Any]]:
+    """The `inputs.ehr` list from JSON text or from a JSON file holding it."""
+    source = text_or_path if text_or_path.lstrip().startswith("[") else Path(text_or_path).read_text()
+    tables = json.loads(source)
+    if not isinstance(tables, list):
+        raise EhrInputError("--tables-json must be a JSON list of tables (the config's inputs.ehr)")
+    return tables

@@ -1,0 +1,84 @@
+"""A task's label file (raw ids) -> labels on pseudonyms with each subject's split.
+
+Label files carry the same raw ids as the inputs; this is the one place they meet the key, so labels never
+reach results/ with a raw id. Labels of subjects that no modality ingested cannot be used and are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmhealth.core.modalities import RECORD_KIND
+from mmhealth.core.parquet_io import write_table
+from mmhealth.core.pseudonym import record_pseudonym, subject_pseudonym
+
+log = logging.getLogger("task_labels")
+
+
+
+class LabelFileError(ValueError):
+    """A label file that cannot be used as a whole."""
+
+
+def read_label_file(path: str) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"subject_id", "label"} - set(frame.columns)
+    if missing:
+        raise LabelFileError(f"{path}: missing column(s) {sorted(missing)}; need subject_id, label [, record_id]")
+    return frame
+
+
+def pseudonymise_labels(frame: pd.DataFrame, key: bytes, modalities: list[str], source: str) -> pd.DataFrame:
+    """Map raw subject (and record) ids to pseudonyms; rows with an empty id or label raise with their line."""
+    for column in ("subject_id", "label"):
+        empty = frame.index[frame[column].str.strip() == ""]
+        if len(empty):
+            raise LabelFileError(f"{source}: line {empty[0] + 2}: empty {column}")
+    out = pd.DataFrame({
+        "subject_id": [subject_pseudonym(s, key) for s in frame["subject_id"]],
+        "label": frame["label"].str.strip(),
+    })
+    if "record_id" in frame.columns:
+        kinds = {RECORD_KIND[m] for m in modalities if m in RECORD_KIND}
+        if len(kinds) != 1:
+            raise LabelFileError(f"{source}: record_id needs exactly one image or dna modality, task has {modalities}")
+        kind = kinds.pop()
+        out["record_id"] = [record_pseudonym(r, key, kind=kind) for r in frame["record_id"]]
+    else:
+        out["record_id"] = None
+    if out.duplicated(["subject_id", "record_id"]).any():
+        raise LabelFileError(f"{source}: the same subject/record is labelled more than once")
+    return out
+
+
+def attach_splits(labels: pd.DataFrame, subjects: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Inner join on subject_id; returns the joined labels and how many labels had no ingested subject."""
+    joined = labels.merge(subjects, on="subject_id", how="inner")
+    return joined, len(labels) - len(joined)
+
+
+def write_task_labels(labels_path: str, subjects_path: str, key: bytes, modalities: list[str], out: str) -> pa.Table:
+    """The task's labels on pseudonyms, each with its subject's split; labels of subjects no modality
+    ingested are counted and left out."""
+    labels = pseudonymise_labels(read_label_file(labels_path), key, modalities, labels_path)
+    subjects = pq.read_table(subjects_path).to_pandas()
+    joined, unmatched = attach_splits(labels, subjects)
+    if unmatched:
+        log.warning("%d of %d labels name a subject that no modality ingested; they are not used",
+                    unmatched, len(labels))
+    if joined["label"].nunique() < 2:
+        raise LabelFileError(f"{labels_path}: fewer than two distinct labels among ingested subjects")
+    table = pa.Table.from_pandas(
+        joined[["subject_id", "record_id", "label", "split"]].sort_values(["subject_id", "record_id"]),
+        schema=pa.schema([("subject_id", pa.int64()), ("record_id", pa.string()),
+                          ("label", pa.string()), ("split", pa.string())]),
+        preserve_index=False,
+    )
+    write_table(table, out, stage="task_labels",
+                params={"modalities": modalities, "labels_in": len(labels), "unmatched": unmatched})
+    log.info("%d labels: %s", table.num_rows, joined.groupby("split")["label"].value_counts().to_dict())
+    return table

@@ -1,0 +1,298 @@
+"""The real Snakemake on tiny generated demo data: every stage, the contract's outputs, no re-run, no PHI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from workflow_helpers import REPO, SNAKEMAKE, TASKS, copy_workflow, snakemake, tiny_config
+
+from mmhealth.demo.data import generate_demo
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A finished tiny run, in a folder that also holds a copy of the workflow (the rerun tests edit its code)."""
+    work = tmp_path_factory.mktemp("workflow")
+    copy_workflow(work)
+    generate_demo(work / "raw", n_subjects=40, seed=1, image_size=16, slices=(4, 6))
+    config = tiny_config(work / "raw")
+    # "New" data to predict on: a copy of the same exports, so its predictions can be checked against evaluation.
+    shutil.copytree(work / "raw", work / "new_raw")
+    config["predict"] = {"again": {"inputs": json.loads(json.dumps(config["inputs"]).replace(
+        str(work / "raw"), str(work / "new_raw")))}}
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    sm(work, "--cores", "2", "--configfile", "config.yaml")
+    return work
+
+
+def sm(work: Path, *args: str, check: bool = True):
+    return snakemake(work, *args, check=check, snakefile=work / "Snakefile")
+
+
+def test_every_contract_output_exists(run):
+    results = run / "results"
+    for modality in ("image", "dna", "ehr"):
+        manifest = json.loads((results / "ingest" / modality / "manifest.json").read_text())
+        assert manifest["records_in"] == manifest["records_out"] + manifest["records_quarantined"]
+        assert manifest["records_out"] > 0
+        assert (results / "ingest" / modality / "quarantine.parquet").exists()
+        assert len(list((results / "ingest" / modality).glob("part-*.parquet"))) == 2
+    splits = pq.read_table(results / "splits" / "subjects.parquet").to_pandas()
+    assert set(splits["split"]) == {"train", "val", "test"} and splits["subject_id"].is_unique
+    for modality in ("image", "dna", "text", "ehr"):
+        for split in ("train", "val", "test"):
+            assert len(list((results / "tokens" / modality / split).glob("shard-*.parquet"))) == 2
+    for task in TASKS:
+        model = results / "models" / task
+        for name in ("labels.json", "training.jsonl", "README.md", "fusion_head.safetensors"):
+            assert (model / name).exists(), f"{task}: {name}"
+        metrics = json.loads((results / "eval" / task / "metrics.json").read_text())
+        assert metrics["task"] == task and metrics["n_test"] > 0 and metrics["n_subjects_test"] > 0
+        for side in ("model", "baseline"):
+            for name in ("auroc", "auprc", "accuracy", "macro_f1", "brier", "ece"):
+                assert set(metrics[side][name]) >= {"value", "ci"}, f"{task} {side} {name}"
+        assert metrics["baseline"]["name"].startswith("logistic_regression")
+        predictions = pq.read_table(results / "eval" / task / "predictions.parquet").to_pandas()
+        assert len(predictions) == metrics["n_test"]
+        test_subjects = set(splits.loc[splits["split"] == "test", "subject_id"])
+        assert set(predictions["subject_id"]) <= test_subjects  # evaluated on the test split only
+        assert (results / "eval" / task / "report.html").stat().st_size > 1000
+    assert "composite_risk" in (results / "report.html").read_text()
+    audit = json.loads((results / "splits" / "audit.json").read_text())
+    assert audit["subjects"]["in_several_splits"] == 0
+    for name in ("codes.parquet", "subject_splits.parquet", "dataset.json"):
+        assert (results / "meds" / "metadata" / name).exists(), name
+    assert any((results / "logs").rglob("*.log")) and any((results / "benchmarks").rglob("*.tsv"))
+
+
+def test_new_data_is_predicted_with_the_trained_tokenizers_and_models(run):
+    """The predict batch holds the same exports: each unit evaluated on the test split must come out with
+    the same probabilities (same pseudonyms, tokens and bags), and train and val units are predicted too."""
+    results = run / "results"
+    for modality in ("image", "dna", "ehr"):
+        manifest = json.loads((results / "predict" / "again" / "ingest" / modality / "manifest.json").read_text())
+        assert manifest["records_in"] == manifest["records_out"] + manifest["records_quarantined"] > 0
+    for task in TASKS:
+        new = pq.read_table(results / "predict" / "again" / task / "predictions.parquet").to_pandas()
+        evaluated = pq.read_table(results / "eval" / task / "predictions.parquet").to_pandas()
+        assert new["label"].isna().all() and len(new) > len(evaluated)
+        assert set(new["training_split"]) == {"train", "val", "test"}  # the batch repeats the training exports
+        units = ["subject_id", "record_id"]
+        both = evaluated.fillna({"record_id": ""}).merge(new.fillna({"record_id": ""}), on=units,
+                                                          suffixes=("_eval", "_new"))
+        assert len(both) == len(evaluated), task
+        np.testing.assert_allclose(np.stack(both["probabilities_new"]), np.stack(both["probabilities_eval"]),
+                                   atol=1e-5, err_msg=task)
+    page = (results / "predict" / "again" / "report.html").read_text()
+    assert all(task in page for task in TASKS) and page.count("<img") == len(TASKS)
+
+
+def test_second_dry_run_has_nothing_to_do(run):
+    done = sm(run, "-n", "--configfile", "config.yaml")
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def _parquet_text(path: Path) -> str:
+    table = pq.read_table(path)
+    return str(table.schema.metadata) + "\n".join(str(c) for c in table.to_pydict().values())
+
+
+def test_no_identifier_reaches_results_or_logs(run):
+    identifiers = json.loads((run / "raw" / "identifiers.json").read_text())
+    needles = {str(v) for values in identifiers.values() for v in (values if isinstance(values, list) else [values])}
+    needles = {n for n in needles if len(n) >= 4}
+    assert len(needles) > 100
+    leaks = []
+    for path in [*(run / "results").rglob("*"), *(run / ".snakemake" / "log").rglob("*")]:
+        if path.is_dir():
+            continue
+        text = _parquet_text(path) if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
+        leaks += [(str(path.relative_to(run)), n) for n in needles if n in text]
+    assert not leaks, leaks[:10]
+
+
+def test_unknown_config_key_stops_before_any_job(run, tmp_path):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["tasks"]["lesion_ct"]["finetune"]["epoch"] = 3  # typo of `epochs`
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    done = sm(run, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert done.returncode != 0
+    assert "'epoch'" in done.stdout + done.stderr
+
+
+def test_lint_is_clean():
+    done = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- re-running only what changed: read Snakemake's own dry-run job list after one change ----
+JOB = re.compile(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", re.MULTILINE)
+
+
+def planned_jobs(work: Path, configfile: str = "config.yaml") -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a dry run would execute."""
+    out = sm(work, "-n", "--configfile", configfile).stdout
+    jobs = []
+    for rule, body in JOB.findall(out):
+        found = re.search(r"^    wildcards: (.*)$", body, re.MULTILINE)
+        wildcards = dict(pair.split("=", 1) for pair in found.group(1).split(", ")) if found else {}
+        jobs.append((rule, wildcards))
+    return jobs
+
+
+def by_rule(jobs) -> dict[str, list[dict[str, str]]]:
+    grouped: dict[str, list[dict[str, str]]] = {}
+    for rule, wildcards in jobs:
+        grouped.setdefault(rule, []).append(wildcards)
+    return grouped
+
+
+def test_touching_raw_files_reruns_nothing(run):
+    """Same content, newer mtime: Snakemake compares checksums of small inputs, and the raw index keeps the
+    staged EHR slices untouched, so nothing re-runs."""
+    for path in [*(run / "raw" / "dicom").rglob("IM*"), *(run / "raw" / "ehr").glob("*.csv")][:50]:
+        os.utime(path)
+    assert planned_jobs(run) == []
+
+
+def test_changing_one_tasks_finetune_reruns_only_that_task(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["tasks"]["lesion_ct"]["finetune"]["lr"] = 5e-4
+    (run / "changed.yaml").write_text(yaml.safe_dump(config))
+    jobs = by_rule(planned_jobs(run, "changed.yaml"))
+    assert set(jobs) == {"finetune", "evaluate_task", "task_report", "summary_report", "predict_task",
+                         "predict_report", "all"}
+    assert jobs["finetune"] == [{"task": "lesion_ct"}] and jobs["evaluate_task"] == [{"task": "lesion_ct"}]
+    assert jobs["predict_task"] == [{"batch": "again", "task": "lesion_ct"}]  # the retrained model predicts anew
+
+
+def jobs_after_editing(run: Path, module: str, *args: str) -> dict[str, list[dict[str, str]]]:
+    """The dry-run plan after appending a comment to one file of the workflow copy (restored afterwards)."""
+    code = run / module
+    original, stat = code.read_text(), code.stat()
+    try:
+        code.write_text(original + "\n# an edit\n")
+        return by_rule(planned_jobs(run))
+    finally:
+        code.write_text(original)
+        os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_editing_tokenizer_code_reruns_tokenisation_not_ingestion(run):
+    jobs = jobs_after_editing(run, "scripts/mmhealth/tokenize/dna.py")
+    assert not [rule for rule in jobs if rule.startswith("ingest")]
+    assert {w["modality"] for w in jobs["tokenize_shard"]} == {"dna"}
+    assert jobs["fit_tokenizer"] == [{"modality": "dna"}]
+    assert {w["task"] for w in jobs["finetune"]} == {"variant_dna", "composite_risk"}
+    assert jobs["predict_tokenize"] == [{"batch": "again", "modality": "dna"}]
+    assert {w["task"] for w in jobs["predict_task"]} == {"variant_dna", "composite_risk"}
+
+
+def test_a_new_subject_reruns_one_shard_per_modality(run):
+    """A new patient's series, FASTA file and EHR rows: one ingest and one tokenize job per modality."""
+    import pydicom
+
+    from mmhealth.core.pseudonym import load_or_create_salt, shard_of, subject_pseudonym
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    new_id = "MRN7777777"
+    added = []
+    series = sorted((run / "raw" / "dicom").rglob("IM*"))[:3]
+    for number, source in enumerate(series):
+        ds = pydicom.dcmread(source)
+        ds.PatientID, ds.PatientName = new_id, "Newpatient^Nora"
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1.777"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.1.777.{number}"
+        target = run / "raw" / "dicom" / "EXPORT_NEW" / f"IM{number:04d}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(target)
+        added.append(target)
+    fasta = run / "raw" / "fasta" / "sample_new.fa"
+    fasta.write_text(f">{new_id}|rec1 new patient\n" + "ACGTTGCAAC" * 60 + "\n")
+    added.append(fasta)
+    tables = {name: (run / "raw" / "ehr" / name) for name in ("patients.csv", "labs.csv", "notes.csv")}
+    originals = {name: path.read_bytes() for name, path in tables.items()}
+    try:
+        with tables["patients.csv"].open("a") as f:
+            f.write(f"{new_id},Nora Newpatient,1970-01-01,F,1 New Street\n")
+        with tables["labs.csv"].open("a") as f:
+            f.write(f"{new_id},GLUCOSE,101,mg/dL,2021-03-04 08:00\n")
+        with tables["notes.csv"].open("a") as f:
+            f.write(f"{new_id},2021-03-04 09:00,Routine visit; no acute findings.\n")
+        jobs = by_rule(planned_jobs(run))
+    finally:
+        for path in added:
+            path.unlink()
+        for name, path in tables.items():
+            path.write_bytes(originals[name])
+        sm(run, "-n", "--configfile", "config.yaml")  # restage the EHR slices as they were
+
+    key = load_or_create_salt(run / config["privacy"]["salt_file"])
+    shard = str(shard_of(subject_pseudonym(new_id, key), config["shards"]))
+    for rule in ("ingest_dicom", "ingest_fasta", "ingest_ehr"):
+        assert jobs[rule] == [{"shard": shard}], rule
+    assert sorted(w["modality"] for w in jobs["tokenize_shard"]) == ["dna", "ehr", "image", "text"]
+    assert {w["shard"] for w in jobs["tokenize_shard"]} == {shard}
+    assert "fit_tokenizer" not in jobs  # vocabularies stay fixed as data grows
+
+
+def test_editing_dna_only_code_plans_no_job_of_an_image_only_task(run):
+    """Modules named after a modality are code inputs only of that modality's jobs (core/code_inputs.py)."""
+    for module in ("scripts/mmhealth/tokenize/dna_kmers.py", "scripts/mmhealth/train/dna_augment.py"):
+        jobs = jobs_after_editing(run, module)
+        tasks = {w.get("task") for planned in jobs.values() for w in planned} - {None}
+        assert tasks == {"variant_dna", "composite_risk"}, (module, tasks)
+        assert "ingest_dicom" not in jobs and {w["modality"] for w in jobs.get("tokenize_shard", [])} <= {"dna"}
+    jobs = jobs_after_editing(run, "scripts/mmhealth/train/dna_augment.py")
+    assert set(jobs) == {"finetune", "evaluate_task", "task_report", "summary_report", "predict_task",
+                         "predict_report", "all"}
+
+
+def test_editing_report_rendering_plans_report_jobs_only(run):
+    jobs = jobs_after_editing(run, "scripts/mmhealth/report/task_page.py")
+    # the batch page links to the task pages, so it is redrawn with them; no metric is recomputed
+    assert set(jobs) == {"task_report", "predict_report", "all"} and len(jobs["task_report"]) == len(TASKS)
+    jobs = jobs_after_editing(run, "scripts/mmhealth/report/html.py")
+    assert set(jobs) == {"task_report", "summary_report", "predict_report", "all"}
+
+
+def planned_commands(work: Path, *args: str) -> str:
+    """The shell commands of a dry run (-p), for what the jobs would be handed."""
+    done = sm(work, "-n", "-p", "--configfile", "config.yaml", *args)
+    return done.stdout + done.stderr
+
+
+def test_a_stray_shard_file_is_read_by_no_job(run):
+    stray = run / "results" / "tokens" / "dna" / "train" / "shard-99.parquet"
+    shutil.copy2(stray.with_name("shard-0.parquet"), stray)
+    try:
+        assert planned_jobs(run) == []
+        commands = planned_commands(run, "--forcerun", "finetune", "evaluate_task")
+    finally:
+        stray.unlink()
+    assert "results/tokens/dna/train/shard-0.parquet" in commands  # the jobs are handed their shard files...
+    assert "shard-99" not in commands  # ...and never a file they did not declare
+
+
+def test_lowering_shards_replans_from_ingestion_and_reads_no_old_shard(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["shards"] = 1
+    (run / "one_shard.yaml").write_text(yaml.safe_dump(config))
+    done = sm(run, "-n", "-p", "--configfile", "one_shard.yaml")
+    jobs = by_rule([(rule, {}) for rule, _ in JOB.findall(done.stdout)])
+    # Shard membership changes, so every shard is ingested and tokenised anew; the vocabularies are kept, as
+    # when data grows (they were fitted on the same train subjects).
+    for rule in ("ingest_dicom", "ingest_fasta", "ingest_ehr", "tokenize_shard", "finetune", "evaluate_task"):
+        assert rule in jobs, rule
+    assert "shard-1.parquet" not in done.stdout and "part-1.parquet" not in done.stdout

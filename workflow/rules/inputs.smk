@@ -1,0 +1,231 @@
+# Input functions and the params derived from them: a job is handed exactly the files its rule declares.
+
+
+def dicom_shard_files(wildcards):
+    return RAW_INDEX.dicom.get(int(wildcards.shard), [])
+
+
+def fasta_shard_files(wildcards):
+    return RAW_INDEX.fasta.get(int(wildcards.shard), [])
+
+
+def ehr_shard_files(wildcards):
+    return RAW_INDEX.ehr.get(int(wildcards.shard), [])
+
+
+def shard_number(wildcards):
+    return wildcards.shard
+
+
+def ehr_shard_tables_json(wildcards):
+    return as_json(raw_index.staged_tables(config["inputs"]["ehr"], ehr_shard_files(wildcards)))
+
+
+def shard_manifests(wildcards):
+    return [shard_manifest(wildcards.modality, k) for k in SHARDS]
+
+
+def shard_quarantines(wildcards):
+    return [shard_quarantine(wildcards.modality, k) for k in SHARDS]
+
+
+def ingested_parts(wildcards):
+    return [p for m in INGESTED for p in ingest_parts(m)]
+
+
+def audit_inputs(wildcards):
+    return {
+        "subjects": subjects_table(),
+        "image": ingest_parts("image") if "image" in INGESTED else [],
+        "dna": ingest_parts("dna") if "dna" in INGESTED else [],
+        "code": entry_code("leakage_audit"),
+    }
+
+
+def meds_inputs(wildcards):
+    return {"parts": ingest_parts("ehr"), "subjects": subjects_table(), "code": entry_code("meds_layout")}
+
+
+def tokenizer_inputs(wildcards):
+    return [ancient(p) for p in ingest_parts(TOKEN_SOURCE[wildcards.modality])]
+
+
+def tokenize_shard_input(wildcards):
+    return ingest_part(TOKEN_SOURCE[wildcards.modality], wildcards.shard)
+
+
+def tokenize_params(wildcards):
+    return as_json(config["tokenize"][wildcards.modality])
+
+
+def task_modalities(task):
+    return config["tasks"][task]["modalities"]
+
+
+def task_shard_map(task, splits):
+    """split -> modality -> the task's token shard files, in shard order."""
+    return {s: {m: [token_shard(m, s, k) for k in SHARDS] for m in task_modalities(task)} for s in splits}
+
+
+def task_shards(task, splits):
+    return [path for by_modality in task_shard_map(task, splits).values() for paths in by_modality.values()
+            for path in paths]
+
+
+def shards_json(splits):
+    """Param function: the same shard files as the job's input, as JSON split -> modality -> files."""
+
+    def shards(wildcards):
+        return as_json(task_shard_map(wildcards.task, splits))
+
+    return shards
+
+
+def task_tokenizers(task):
+    return {m: tokenizer_dir(m) for m in task_modalities(task)}
+
+
+def tokenizers_json(wildcards):
+    return as_json(task_tokenizers(wildcards.task))
+
+
+def pretrained_model_inputs(task):
+    """Model folders of other tasks whose encoders this task starts from (`model.encoders`)."""
+    paths = [Path(p).resolve() for p in config["tasks"][task]["model"].get("encoders", {}).values()]
+    return [model_dir(t) for t in TASKS
+            if t != task and any(p.is_relative_to(Path(model_dir(t)).resolve()) for p in paths)]
+
+
+def train_inputs(wildcards):
+    return {
+        "pretrained": pretrained_model_inputs(wildcards.task),
+        "shards": task_shards(wildcards.task, ["train", "val"]),
+        "tokenizers": list(task_tokenizers(wildcards.task).values()),
+        "labels": task_labels(wildcards.task),
+        "code": task_code("finetune")(wildcards),
+    }
+
+
+def evaluate_inputs(wildcards):
+    return {
+        "model": model_dir(wildcards.task),
+        "shards": task_shards(wildcards.task, ["train", "test"]),
+        "tokenizers": list(task_tokenizers(wildcards.task).values()),
+        "labels": task_labels(wildcards.task),
+        "code": task_code("evaluate_task")(wildcards),
+        "ehr": ingest_parts("ehr") if "ehr" in INGESTED else [],
+    }
+
+
+def task_report_inputs(wildcards):
+    return {
+        "metrics": eval_file(wildcards.task, "metrics.json"),
+        "predictions": eval_file(wildcards.task, "predictions.parquet"),
+        "baseline": eval_file(wildcards.task, "baseline_predictions.parquet"),
+        "model": model_dir(wildcards.task),
+        "code": entry_code("task_report"),
+    }
+
+
+def training_log_of(wildcards, input):
+    """The training log inside the declared model folder."""
+    return str(Path(input.model) / "training.jsonl")
+
+
+def task_spec_json(wildcards, key):
+    return as_json(config["tasks"][wildcards.task].get(key, {}))
+
+
+
+def labels_file(wildcards):
+    return config["tasks"][wildcards.task]["labels"]
+
+
+def task_modalities_csv(wildcards):
+    return ",".join(task_modalities(wildcards.task))
+
+
+def model_params(wildcards):
+    return task_spec_json(wildcards, "model")
+
+
+def finetune_params(wildcards):
+    spec = {k: v for k, v in config["tasks"][wildcards.task]["finetune"].items() if k != "gpus"}
+    return as_json(spec)
+
+
+def task_gpus(wildcards):
+    return config["tasks"][wildcards.task]["finetune"]["gpus"]
+
+
+def train_launcher(wildcards):
+    """One process per GPU: torchrun when a task asks for several, plain python otherwise."""
+    gpus = task_gpus(wildcards)
+    return "python" if gpus == 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+
+
+def meds_root_of(wildcards, output):
+    """results/meds from results/meds/metadata/dataset.json."""
+    return str(Path(output[0]).parents[1])
+
+
+def predict_raw_files(kind):
+    """Input function: a predict batch's raw files of one kind (`dicom`, `fasta`; `ehr`: staged CSVs)."""
+
+    def files(wildcards):
+        return getattr(PREDICT_INDEX[wildcards.batch], kind).get(0, [])
+
+    return files
+
+
+def predict_raw_root(key):
+    def root(wildcards):
+        return config["predict"][wildcards.batch]["inputs"][key]
+
+    return root
+
+
+def predict_ehr_tables_json(wildcards):
+    tables = config["predict"][wildcards.batch]["inputs"]["ehr"]
+    return as_json(raw_index.staged_tables(tables, predict_raw_files("ehr")(wildcards)))
+
+
+def predict_regex(wildcards):
+    return config["predict"][wildcards.batch]["inputs"]["fasta_subject_regex"]
+
+
+def predict_tokenize_input(wildcards):
+    return predict_ingest_file(wildcards.batch, TOKEN_SOURCE[wildcards.modality], "part-0.parquet")
+
+
+def predict_task_inputs(wildcards):
+    return {
+        "model": model_dir(wildcards.task),
+        "tokens": [predict_tokens(wildcards.batch, m) for m in task_modalities(wildcards.task)],
+        "subjects": subjects_table(),
+        "code": task_code("predict_task")(wildcards),
+    }
+
+
+def predict_report_inputs(wildcards):
+    tasks = batch_tasks(wildcards.batch)
+    return {
+        "predictions": [predictions_file(wildcards.batch, t) for t in tasks],
+        "manifests": [predict_ingest_file(wildcards.batch, m, "manifest.json") for m in batch_sources(wildcards.batch)],
+        "eval_reports": [eval_file(t, "report.html") for t in tasks],
+        "code": entry_code("predict_report"),
+    }
+
+
+def predict_shards_json(wildcards):
+    """The batch's token files of the task's modalities (the job's `tokens` input), as split `all` -> modality -> files."""
+    return as_json({"all": {m: [predict_tokens(wildcards.batch, m)] for m in task_modalities(wildcards.task)}})
+
+
+def raw_root(key):
+    """Param function: the configured raw folder (a function, as the folder may hold no file yet)."""
+
+    def root(wildcards):
+        return config["inputs"][key]
+
+    return root
