@@ -302,7 +302,7 @@ def test_cancelled_job_fails_the_run_and_a_rerun_finishes_the_rest(runs, tmp_pat
     redone = set(second.jobs.values())
     assert ("finetune", task) in redone
     assert not redone & finished, f"re-ran finished jobs: {redone & finished}"
-    assert {rule for rule, _ in redone} == {"finetune", "evaluate_task", "summary_report"}
+    assert {rule for rule, _ in redone} == {"finetune", "evaluate_task", "task_report", "summary_report"}
     assert set(completion_records(second.run_id).values()) == {"COMPLETED"}
     for task_name in TINY_TASKS:
         _assert_close(read_metrics(work, task_name), read_metrics(runs.local, task_name), task_name)
