@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
-from mmhealth.core.config import from_config, section_schema, section_values
+from mmhealth.core.config import config_problems, from_config, section_schema, section_values
 from mmhealth.tokenize.dna import DnaParams
 from mmhealth.tokenize.ehr import EhrParams
 from mmhealth.tokenize.image import ImageParams
@@ -43,3 +44,19 @@ def test_bounds_and_unknown_keys_fail_naming_the_key():
         from_config(FinetuneConfig, strategy="everything")
     with pytest.raises(ValueError, match="stride"):  # the one cross-key bound lives in the dataclass
         from_config(TextParams, max_length=16, stride=14)
+
+
+def test_config_problems_name_every_key_once_with_a_suggestion(repo):
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    assert config_problems(config) == []
+    config["shard"] = 3
+    config["tasks"]["lesion_ct"]["finetune"]["epoch"] = 3
+    config["tasks"]["lesion_ct"]["finetune"]["strategy"] = "ful"
+    config["split"]["train"] = "most"
+    assert config_problems(config) == [
+        "config key 'shard': unknown key; did you mean 'shards'?",
+        "config key 'split.train': 'most' is not of type 'number'",
+        "config key 'tasks.lesion_ct.finetune.epoch': unknown key; did you mean 'epochs'?",
+        "config key 'tasks.lesion_ct.finetune.strategy': 'ful' is not one of ['head', 'partial', 'full', 'lora'];"
+        " did you mean 'full'?",
+    ]

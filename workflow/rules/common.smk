@@ -9,9 +9,14 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
-from mmhealth.ingest import raw_index  # noqa: E402  (scripts/mmhealth is the workflow's own code)
+from mmhealth.core.config import config_problems  # noqa: E402  (scripts/mmhealth is the workflow's own code)
+from mmhealth.ingest import raw_index  # noqa: E402
 
-
+# One line per problem, naming the key (with a "did you mean"), before Snakemake's own validation, whose
+# message would bury it in a dump of the schema.
+_problems = config_problems(config)
+if _problems:
+    raise ValueError("invalid configuration:\n  " + "\n  ".join(_problems))
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 REPO = Path(workflow.basedir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,3 +67,48 @@ def from_config(cls: type[T], values: dict[str, Any] | None = None, **overrides:
     kwargs = {k: float(v) if fields[k].type == "float" and isinstance(v, int) and not isinstance(v, bool) else v
               for k, v in filled.items() if k in fields}
     return cls(**kwargs)
+
+
+def _schema_at(path: list) -> dict:
+    """The schema node that validates the value at `path` (keys; map keys match additionalProperties)."""
+    root = _schema()
+    node = root
+    for key in path:
+        if "$ref" in node:
+            node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        if isinstance(key, int):
+            node = node.get("items", {})
+        elif key in node.get("properties", {}):
+            node = node["properties"][key]
+        else:
+            node = node.get("additionalProperties") if isinstance(node.get("additionalProperties"), dict) else {}
+    if "$ref" in node:
+        node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def _problem(error: jsonschema.ValidationError) -> list[str]:
+    where = ".".join(map(str, error.absolute_path))
+    prefix = f"config key '{where}'" if where else "config"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(_schema_at(list(error.absolute_path)).get("properties", {}))
+        lines = []
+        for key in sorted(set(error.instance) - set(known)):
+            full = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            lines.append(f"config key '{full}': unknown key{hint}")
+        return lines
+    if error.validator == "enum":
+        close = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return [f"{prefix}: {error.instance!r} is not one of {error.validator_value}{hint}"]
+    return [f"{prefix}: {error.message}"]
+
+
+def config_problems(config: dict) -> list[str]:
+    """Every problem of a whole workflow config against the schema, one line each naming the key, with a
+    "did you mean" for a misspelt key or value; empty when valid."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    return list(dict.fromkeys(line for error in errors for line in _problem(error)))
