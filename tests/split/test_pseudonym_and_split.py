@@ -116,3 +116,23 @@ def test_label_file_errors_name_the_problem(tmp_path):
     frame = pd.DataFrame({"subject_id": ["MRN1", ""], "label": ["1", "0"]})
     with pytest.raises(task_labels.LabelFileError, match="line 3: empty subject_id"):
         task_labels.pseudonymise_labels(frame, b"k" * 64, ["ehr"], "x.csv")
+
+
+def test_a_split_with_too_few_subjects_of_a_class_warns_or_fails(tmp_path, caplog):
+    import pyarrow as pa
+
+    from mmhealth.core.parquet_io import write_table
+
+    key = b"k" * 32
+    raw = [f"P{i}" for i in range(8)]
+    (tmp_path / "labels.csv").write_text("subject_id,label\n" + "".join(f"{r},{i % 2}\n" for i, r in enumerate(raw)))
+    splits = ["train"] * 4 + ["val", "val", "test", "test"]  # val holds P4 (class 0) and P5 (class 1)
+    write_table(pa.table({"subject_id": pa.array([pseudonym.subject_pseudonym(r, key) for r in raw], pa.int64()),
+                          "split": splits}), tmp_path / "subjects.parquet", "split")
+    args = (str(tmp_path / "labels.csv"), str(tmp_path / "subjects.parquet"), key, ["ehr"], str(tmp_path / "o.parquet"))
+    task_labels.write_task_labels(*args, min_subjects_per_class=1, on_small_class="fail")  # one each: fine
+    with caplog.at_level("WARNING"):
+        task_labels.write_task_labels(*args, min_subjects_per_class=2, on_small_class="warn")
+    assert "split 'val' has 1 subject(s) of class '0'" in caplog.text and "split 'train'" not in caplog.text
+    with pytest.raises(task_labels.LabelFileError, match=r"audit\.min_subjects_per_class: 2"):
+        task_labels.write_task_labels(*args, min_subjects_per_class=2, on_small_class="fail")

@@ -26,14 +26,32 @@ def run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("workflow")
     copy_workflow(work)
     generate_demo(work / "raw", n_subjects=40, seed=1, image_size=16, slices=(4, 6))
+    plant_bad_records(work / "raw")
     config = tiny_config(work / "raw")
     # "New" data to predict on: a copy of the same exports, so its predictions can be checked against evaluation.
     shutil.copytree(work / "raw", work / "new_raw")
     config["predict"] = {"again": {"inputs": json.loads(json.dumps(config["inputs"]).replace(
         str(work / "raw"), str(work / "new_raw")))}}
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    sm(work, "--cores", "2", "--configfile", "config.yaml")
+    done = sm(work, "--cores", "2", "--configfile", "config.yaml")
+    (work / "console.txt").write_text(done.stdout + done.stderr)
     return work
+
+
+UNKNOWN_LABEL_IDS = ["MRN0000001", "MRN0000002", "MRN0000003"]
+
+
+def plant_bad_records(raw: Path) -> None:
+    """What real exports hold: a file that is not DICOM, a lab value that is not a number, and labels of
+    patients with no data. Each must be accounted for, never dropped silently."""
+    (raw / "dicom" / "EXPORT_BROKEN").mkdir()
+    (raw / "dicom" / "EXPORT_BROKEN" / "IM0001").write_bytes(b"not a DICOM file" * 16)
+    labs = raw / "ehr" / "labs.csv"
+    first = labs.read_text().splitlines()[1].split(",")
+    with labs.open("a") as f:
+        f.write(",".join([first[0], first[1], "not-a-number", *first[3:]]) + "\n")
+    with (raw / "labels" / "finding_note.csv").open("a") as f:
+        f.writelines(f"{raw_id},1\n" for raw_id in UNKNOWN_LABEL_IDS)
 
 
 def sm(work: Path, *args: str, check: bool = True):
@@ -346,3 +364,23 @@ def test_documented_commands_run_as_written(run):
         if done.returncode:
             failures.append(f"{command}: {(done.stdout + done.stderr)[-600:]}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_person_running_it_sees_what_was_refused_and_unused(run):
+    accounting = json.loads((run / "results" / "accounting.json").read_text())
+    for modality in ("image", "ehr"):
+        entry = accounting["modalities"][modality]
+        assert entry["records_quarantined"] >= 1 and entry["top_reasons"], modality
+        assert entry["records_in"] == entry["records_out"] + entry["records_quarantined"]
+    assert accounting["tasks"]["finding_note"]["labels_unused"] == len(UNKNOWN_LABEL_IDS)
+    assert sum(accounting["subjects"].values()) == pq.read_metadata(
+        run / "results" / "splits" / "subjects.parquet").num_rows
+    console = (run / "console.txt").read_text()
+    assert "Data accounting (records in = out + quarantined):" in console
+    assert "labels without data (raw ids, shown here only): " + ", ".join(UNKNOWN_LABEL_IDS) in console
+    image = accounting["modalities"]["image"]
+    assert f"image: {image['records_in']} in, {image['records_out']} out" in console
+    for path in (run / "results").rglob("*"):  # the raw ids reach the console, nothing under results/
+        if path.is_file():
+            text = _parquet_text(path) if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
+            assert not [i for i in UNKNOWN_LABEL_IDS if i in text], path

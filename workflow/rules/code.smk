@@ -24,6 +24,7 @@ ENTRY_ENV = {
     "predict_task": "train",
     "task_report": "report",
     "summary_report": "report",
+    "data_accounting": "report",
     "predict_report": "report",
 }
 

@@ -229,3 +229,22 @@ def raw_root(key):
         return config["inputs"][key]
 
     return root
+
+
+def accounting_inputs(wildcards):
+    return {
+        "manifests": [result("ingest", m, "manifest.json") for m in INGESTED],
+        "quarantines": [result("ingest", m, "quarantine.parquet") for m in INGESTED],
+        "subjects": subjects_table(),
+        "labels": [task_labels(t) for t in TASKS],
+        "code": entry_code("data_accounting"),
+    }
+
+
+def accounting_maps_json(wildcards):
+    """The same files as the job's inputs, as the JSON maps its entry point reads."""
+    return {
+        "manifests": as_json({m: result("ingest", m, "manifest.json") for m in INGESTED}),
+        "quarantines": as_json({m: result("ingest", m, "quarantine.parquet") for m in INGESTED}),
+        "labels": as_json({t: task_labels(t) for t in TASKS}),
+    }

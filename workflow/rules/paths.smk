@@ -65,6 +65,10 @@ def summary_report():
     return result("report.html")
 
 
+def accounting_file():
+    return result("accounting.json")
+
+
 def predict_file(batch, *parts):
     return result("predict", batch, *parts)
 
@@ -110,7 +114,7 @@ def stage_outputs(stage):
         return [model_dir(t) for t in TASKS]
     if stage == "evaluate":
         return [eval_file(t, "metrics.json") for t in TASKS]
-    return [*(eval_file(t, "report.html") for t in TASKS), summary_report()]
+    return [accounting_file(), *(eval_file(t, "report.html") for t in TASKS), summary_report()]
 
 
 def all_outputs(stage):

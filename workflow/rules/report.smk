@@ -1,4 +1,26 @@
-# Pages people read: one per task, drawn from evaluation's files, and one summary over all tasks.
+# Pages people read: one per task, drawn from evaluation's files, and one summary over all tasks; and the
+# data accounting they show (records in / out / quarantined, subjects and labels per split).
+
+
+rule data_accounting:
+    input:
+        unpack(accounting_inputs),
+    output:
+        accounting_file(),
+    params:
+        maps=accounting_maps_json,
+    log:
+        log_path("report", "accounting"),
+    conda:
+        entry_env("data_accounting")
+    threads: 1
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=runtime_min(10),
+    shell:
+        "python {input.code[0]:q} --manifests-json {params.maps[manifests]:q}"
+        " --quarantines-json {params.maps[quarantines]:q} --subjects {input.subjects:q}"
+        " --labels-json {params.maps[labels]:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule task_report:

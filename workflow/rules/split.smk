@@ -32,6 +32,8 @@ rule task_labels:
     params:
         salt=config["privacy"]["salt_file"],
         modalities=task_modalities_csv,
+        min_per_class=config["audit"]["min_subjects_per_class"],
+        on_small_class=config["audit"]["on_small_class"],
     log:
         log_path("split", "labels", "{task}"),
     conda:
@@ -42,7 +44,8 @@ rule task_labels:
         runtime=runtime_min(10),
     shell:
         "python {input.code[0]:q} --labels {input.labels:q} --subjects {input.subjects:q}"
-        " --salt-file {params.salt:q} --modalities {params.modalities} --out {output:q} > {log:q} 2>&1"
+        " --salt-file {params.salt:q} --modalities {params.modalities} --min-subjects-per-class {params.min_per_class}"
+        " --on-small-class {params.on_small_class} --out {output:q} > {log:q} 2>&1"
 
 
 rule leakage_audit:

@@ -61,9 +61,24 @@ def attach_splits(labels: pd.DataFrame, subjects: pd.DataFrame) -> tuple[pd.Data
     return joined, len(labels) - len(joined)
 
 
-def write_task_labels(labels_path: str, subjects_path: str, key: bytes, modalities: list[str], out: str) -> pa.Table:
+def small_classes(joined: pd.DataFrame, minimum: int) -> list[str]:
+    """One line per split and class with fewer than `minimum` distinct subjects (classes of the task)."""
+    counts = joined.groupby(["split", "label"])["subject_id"].nunique()
+    problems = []
+    for split in ("train", "val", "test"):
+        for label in sorted(joined["label"].unique()):
+            n = int(counts.get((split, label), 0))
+            if n < minimum:
+                problems.append(f"split '{split}' has {n} subject(s) of class '{label}'")
+    return problems
+
+
+def write_task_labels(labels_path: str, subjects_path: str, key: bytes, modalities: list[str], out: str,
+                      min_subjects_per_class: int = 0, on_small_class: str = "warn") -> pa.Table:
     """The task's labels on pseudonyms, each with its subject's split; labels of subjects no modality
-    ingested are counted and left out."""
+    ingested are counted and left out. A split holding fewer than `min_subjects_per_class` subjects of a
+    class is reported (`on_small_class`: warn in the log, or fail): early stopping on a one-class
+    validation split, or a test AUROC over a handful of subjects, means little."""
     labels = pseudonymise_labels(read_label_file(labels_path), key, modalities, labels_path)
     subjects = pq.read_table(subjects_path).to_pandas()
     joined, unmatched = attach_splits(labels, subjects)
@@ -72,6 +87,13 @@ def write_task_labels(labels_path: str, subjects_path: str, key: bytes, modaliti
                     unmatched, len(labels))
     if joined["label"].nunique() < 2:
         raise LabelFileError(f"{labels_path}: fewer than two distinct labels among ingested subjects")
+    small = small_classes(joined, min_subjects_per_class)
+    if small:
+        message = (f"{labels_path}: {'; '.join(small)} (config audit.min_subjects_per_class: "
+                   f"{min_subjects_per_class}); add labelled subjects or change the split fractions")
+        if on_small_class == "fail":
+            raise LabelFileError(message)
+        log.warning("%s", message)
     table = pa.Table.from_pandas(
         joined[["subject_id", "record_id", "label", "split"]].sort_values(["subject_id", "record_id"]),
         schema=pa.schema([("subject_id", pa.int64()), ("record_id", pa.string()),
