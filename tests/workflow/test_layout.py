@@ -50,7 +50,7 @@ def test_no_module_that_nothing_runs():
         reached |= {Path(f) for f in code_files(SCRIPTS / f"{entry}.py")}
     # the workflow itself imports a few modules while Snakemake parses it (the raw-file index, code inputs)
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        for module in re.findall(r"^from (mmhealth[\w.]*) import (\w+)", smk.read_text(), re.M):
+        for module in re.findall(r"^\s*from (mmhealth[\w.]*) import (\w+)", smk.read_text(), re.M):
             base = SCRIPTS.joinpath(*module[0].split("."))
             reached |= {p for p in (base / f"{module[1]}.py", base.with_suffix(".py")) if p.exists()}
     modules = {p for p in (SCRIPTS / "mmhealth").rglob("*.py") if p.name != "__init__.py"}
