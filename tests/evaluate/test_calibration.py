@@ -30,11 +30,12 @@ def overconfident(rng, n, scale=3.0, n_classes=2):
 def test_temperature_scaling_lowers_validation_nll_and_finds_the_true_temperature():
     rng = np.random.default_rng(0)
     y, prob = overconfident(rng, 4000)
-    temperature = fit_temperature(y, prob)
+    temperature, note = fit_temperature(y, prob)
+    assert note is None
     assert temperature == pytest.approx(3.0, rel=0.15)
     assert nll(y, apply_temperature(prob, temperature)) < nll(y, prob) - 0.05
     y3, prob3 = overconfident(rng, 3000, scale=0.5, n_classes=3)  # under-confident: T < 1
-    t3 = fit_temperature(y3, prob3)
+    t3, _ = fit_temperature(y3, prob3)
     assert t3 == pytest.approx(0.5, rel=0.15) and nll(y3, apply_temperature(prob3, t3)) < nll(y3, prob3)
 
 
@@ -46,7 +47,11 @@ def test_temperature_keeps_classes_and_ranking():
     assert (scaled.argmax(axis=1) == prob.argmax(axis=1)).all()
     assert point_metrics(y, scaled)["auroc"] == pytest.approx(point_metrics(y, prob)["auroc"])
     assert np.allclose(apply_temperature(prob, 1.0), prob, atol=1e-9)
-    assert fit_temperature(np.zeros(10, dtype=int), prob[:10]) == 1.0  # one class: nothing to fit
+    assert fit_temperature(np.zeros(10, dtype=int), prob[:10])[0] == 1.0  # one class: nothing to fit
+    # Perfectly separated validation: the log loss falls without end as T -> 0; T stays 1 and says why.
+    separated = np.column_stack([1 - np.r_[np.full(20, 0.3), np.full(20, 0.7)], np.r_[np.full(20, 0.3), np.full(20, 0.7)]])
+    temperature, note = fit_temperature(np.r_[np.zeros(20, int), np.ones(20, int)], separated)
+    assert temperature == 1.0 and "every validation unit" in note
 
 
 def test_calibration_measures_match_direct_computation():
@@ -82,7 +87,7 @@ def test_temperature_fitted_on_validation_is_applied_unchanged_to_test():
     val_y, val_prob = overconfident(rng, 1500)
     test_y, test_prob = overconfident(rng, 300)
     report, calibrated = calibration_report(val_y, val_prob, test_y, test_prob, np.arange(300), n_boot=100, seed=0)
-    assert report["temperature"] == fit_temperature(val_y, val_prob)
+    assert report["temperature"] == fit_temperature(val_y, val_prob)[0] and report["note"] is None
     assert np.allclose(calibrated, apply_temperature(test_prob, report["temperature"]))
     # A different test set gets the same T: nothing about test reaches the fit.
     other_y, other_prob = overconfident(rng, 300, scale=1.0)

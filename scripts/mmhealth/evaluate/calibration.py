@@ -42,15 +42,22 @@ def nll(y: np.ndarray, prob: np.ndarray) -> float:
     return float(-np.mean(_log_prob(p[np.arange(len(y)), y])))
 
 
-def fit_temperature(y: np.ndarray, prob: np.ndarray) -> float:
-    """T minimising the NLL of (y, prob) after scaling; 1.0 (no change) for fewer than two classes."""
+def fit_temperature(y: np.ndarray, prob: np.ndarray) -> tuple[float, str | None]:
+    """(T minimising the NLL of (y, prob) after scaling, None), or (1.0, why) where no T can be fitted: one
+    class only, no gain, or no finite optimum (every validation unit classified correctly: the NLL keeps
+    falling as T -> 0, and such a T would turn every probability into 0 or 1)."""
     y, p = check_predictions(y, prob)
     if len(np.unique(y)) < 2:
-        return 1.0
+        return 1.0, "validation holds one class"
+    if (p.argmax(axis=1) == y).all():  # every unit right: the log loss keeps falling as T -> 0
+        return 1.0, "no finite optimum: every validation unit is classified correctly; left at T = 1"
     result = minimize_scalar(lambda log_t: nll(y, apply_temperature(p, math.exp(log_t))), bounds=LOG_T_BOUNDS,
                              method="bounded", options={"xatol": 1e-5})
-    # Keep T = 1 unless scaling really lowers the NLL (a flat optimum should not move probabilities).
-    return float(math.exp(result.x)) if result.fun < nll(y, p) - 1e-9 else 1.0
+    if min(abs(result.x - b) for b in LOG_T_BOUNDS) < 0.3:
+        return 1.0, "the optimum lies at the bounds of T; left at T = 1"
+    if result.fun >= nll(y, p) - 1e-9:  # a flat optimum should not move probabilities
+        return 1.0, "scaling does not lower the validation log loss"
+    return float(math.exp(result.x)), None
 
 
 def _adaptive_bins(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
@@ -141,10 +148,11 @@ def calibration_report(val_y: np.ndarray, val_prob: np.ndarray, test_y: np.ndarr
                        test_clusters: np.ndarray, n_boot: int, seed: int) -> tuple[dict, np.ndarray]:
     """metrics.json `calibration` and the calibrated test probabilities. T is fitted on validation alone and
     applied unchanged to test."""
-    temperature = fit_temperature(val_y, val_prob)
+    temperature, note = fit_temperature(val_y, val_prob)
     calibrated = apply_temperature(test_prob, temperature)
     report = {
-        "method": "temperature_scaling", "fitted_on": "val", "temperature": temperature, "n_val": len(val_y),
+        "method": "temperature_scaling", "fitted_on": "val", "temperature": temperature, "note": note,
+        "n_val": len(val_y),
         "val_nll": {"before": nll(val_y, val_prob), "after": nll(val_y, apply_temperature(val_prob, temperature))},
         "before": calibration_metrics(test_y, test_prob, test_clusters, n_boot, seed),
         "after": calibration_metrics(test_y, calibrated, test_clusters, n_boot, seed),
