@@ -1,11 +1,15 @@
-# Pages people read: one per task, drawn from evaluation's files, and one summary over all tasks.
+# Pages people read: one per task, drawn from evaluation's files, and one summary over all tasks. Both are
+# report() outputs, so `snakemake --report report.zip` packages them with their captions.
+
+report: "../report/workflow.rst"
 
 
 rule task_report:
     input:
         unpack(task_report_inputs),
     output:
-        eval_file("{task}", "report.html"),
+        report(eval_file("{task}", "report.html"), caption="../report/task.rst", category="Tasks",
+               subcategory="{task}", labels={"task": "{task}", "page": "evaluation"}),
     params:
         training_log=training_log_of,
     log:
@@ -29,7 +33,8 @@ rule summary_report:
         metrics=stage_outputs("evaluate"),
         code=entry_code("summary_report"),
     output:
-        summary_report(),
+        report(summary_report(), caption="../report/summary.rst", category="Summary",
+               labels={"page": "all tasks"}),
     log:
         log_path("report", "summary"),
     conda:
