@@ -89,6 +89,8 @@ def _logistic_fit(y: np.ndarray, x: np.ndarray, w: np.ndarray, slope_free: bool)
         hess += 1e-10 * np.eye(design.shape[1])
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
         beta += step
+        if np.all((np.abs(step).max(axis=1) < 1e-10) | (np.abs(beta).max(axis=1) > 1e3)):
+            break  # every fit converged or diverged (separated resample)
     converged = (np.abs(step).max(axis=1) < 1e-6) & (np.abs(beta).max(axis=1) < 1e3)
     beta[~converged] = np.nan
     return beta
