@@ -137,3 +137,11 @@ def test_compare_auroc_pairs_units_and_writes_the_contract_shape():
     relabelled = other.assign(label=np.where(other["label"] == "no", "yes", "no"))
     with pytest.raises(ValueError, match="different labels"):
         compare_auroc(model, relabelled, ["no", "yes"], n_boot=10, seed=0)
+
+
+def test_tables_without_a_shared_unit_give_an_undefined_comparison_not_an_error():
+    y, a, b = simulate(np.random.default_rng(7), 20)
+    model = frame(np.arange(20), [None] * 20, np.array(["no", "yes"])[y], a)
+    other = frame(np.arange(20) + 100, [None] * 20, np.array(["no", "yes"])[y], b)
+    got = json_safe(compare_auroc(model, other, ["no", "yes"], n_boot=10, seed=0))
+    assert got["difference"]["value"] is None and got["p_value"] is None and got["n_units"] == 0

@@ -113,8 +113,10 @@ def paired_units(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 def compare_auroc(model: pd.DataFrame, other: pd.DataFrame, classes: list[str], n_boot: int, seed: int) -> dict:
     """metrics.json `comparisons.<name>`: model minus other on the units both predicted."""
     joined = paired_units(model, other)
-    if joined.empty:
-        raise ValueError("the two prediction tables share no unit")
+    if joined.empty:  # nothing to pair: say so rather than stop the evaluation
+        return {"metric": "auroc", "difference": {"value": math.nan, "ci": [math.nan, math.nan], "n_boot": 0},
+                "p_value": None, "se": None, "test": "delong", "n_units": 0, "n_subjects": 0,
+                "note": "the two prediction tables share no unit"}
     y, prob_a, subjects = prediction_arrays(joined, classes)
     _, prob_b, _ = prediction_arrays(joined.drop(columns="probabilities").rename(
         columns={"probabilities_b": "probabilities"}), classes)
