@@ -189,13 +189,41 @@ def test_task_report_cli_reads_pipeline_files(tmp_path):
     metrics = {**metrics_for("t", predictions, predictions, classes), "classes": classes,
                "subgroups": json_safe(subgroup_metrics(predictions, classes, sex))}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    labels = pd.DataFrame({"subject_id": np.r_[subjects, [1, 2, 3]], "record_id": None,
+                           "label": [*predictions.drop_duplicates("subject_id")["label"], "neg", "pos", "pos"],
+                           "split": ["test"] * len(subjects) + ["train", "train", "val"]})
+    labels.to_parquet(tmp_path / "labels.parquet")
+    manifest = tmp_path / "ingest" / "ehr" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"modality": "ehr", "records_in": 5, "records_out": 4, "records_quarantined": 1,
+                                    "inputs": {"raw/patients.csv": "ab" * 32, "raw/labs.csv": "cd" * 32}}))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mmhealth_model.json").write_text(json.dumps({"modalities": ["ehr"], "record_level": False}))
     report_task_main(["--task", "t", "--metrics", str(tmp_path / "metrics.json"),
                       "--predictions", str(tmp_path / "predictions.parquet"),
                       "--baseline-predictions", str(tmp_path / "baseline_predictions.parquet"),
-                      "--out", str(tmp_path / "report.html"), "--training-log", str(tmp_path / "training.jsonl")])
+                      "--out", str(tmp_path / "report.html"), "--training-log", str(tmp_path / "training.jsonl"),
+                      "--labels", str(tmp_path / "labels.parquet"), "--manifests", str(manifest),
+                      "--model-dir", str(tmp_path / "model"), "--out-card-json", str(tmp_path / "model_card.json"),
+                      "--out-card-md", str(tmp_path / "model_card.md")])
     html, page = parse(tmp_path / "report.html")
     assert page.section_ids == TASK_SECTIONS and len(page.images) == 5
     assert "<h3>sex</h3>" in html
+
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["standard"].startswith("TRIPOD+AI") and card["intended_use"] and card["out_of_scope"]
+    assert card["data"]["splits"]["test"]["subjects"] == len(subjects)
+    assert card["data"]["splits"]["train"] == {"units": 2, "subjects": 2, "class_fractions": {"neg": 0.5, "pos": 0.5}}
+    ehr = card["data"]["inputs"]["ehr"]
+    assert ehr["records_quarantined"] == 1 and ehr["input_files"] == 2 and len(ehr["inputs_sha256"]) == 64
+    assert card["performance"]["verdict"].startswith("beats the baseline: ")
+    assert "torch" in card["software"] and card["predictors"]["modalities"] == ["ehr"]
+    markdown = (tmp_path / "model_card.md").read_text()
+    for heading in ("Intended use", "Out of scope", "Data source and participants", "Predictors", "Performance",
+                    "Calibration", "Fairness: subgroups", "Limitations", "Software"):
+        assert f"## {heading}" in markdown
+    for text in (markdown, json.dumps(card)):  # neither subject ids nor raw file names
+        assert not any(str(s) in text for s in subjects) and "patients.csv" not in text
 
 
 def test_task_report_refuses_mismatched_probabilities(tmp_path):

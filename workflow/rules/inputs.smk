@@ -127,6 +127,8 @@ def task_report_inputs(wildcards):
         "predictions": eval_file(wildcards.task, "predictions.parquet"),
         "baseline": eval_file(wildcards.task, "baseline_predictions.parquet"),
         "model": model_dir(wildcards.task),
+        "labels": task_labels(wildcards.task),
+        "manifests": sorted({ingest_manifest(TOKEN_SOURCE[m]) for m in task_modalities(wildcards.task)}),
         "code": entry_code("task_report"),
     }
 

@@ -8,8 +8,10 @@ rule task_report:
     input:
         unpack(task_report_inputs),
     output:
-        report(eval_file("{task}", "report.html"), caption="../report/task.rst", category="Tasks",
+        page=report(eval_file("{task}", "report.html"), caption="../report/task.rst", category="Tasks",
                subcategory="{task}", labels={"task": "{task}", "page": "evaluation"}),
+        card_json=eval_file("{task}", "model_card.json"),
+        card_md=eval_file("{task}", "model_card.md"),
     params:
         training_log=training_log_of,
     log:
@@ -23,7 +25,9 @@ rule task_report:
     shell:
         "python {input.code[0]:q} --task {wildcards.task} --metrics {input.metrics:q}"
         " --predictions {input.predictions:q} --baseline-predictions {input.baseline:q}"
-        " --training-log {params.training_log:q} --out {output:q} > {log:q} 2>&1"
+        " --training-log {params.training_log:q} --labels {input.labels:q} --manifests {input.manifests:q}"
+        " --model-dir {input.model:q} --out {output.page:q} --out-card-json {output.card_json:q}"
+        " --out-card-md {output.card_md:q} > {log:q} 2>&1"
 
 
 

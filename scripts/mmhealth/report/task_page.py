@@ -26,6 +26,7 @@ from mmhealth.evaluate.metrics import (
     prediction_arrays,
 )
 from mmhealth.report.html import figure_html, format_estimate, html_page, html_table
+from mmhealth.report.model_card import build_model_card, write_model_card
 from mmhealth.report.verdicts import BASELINE_RULE, verdict_line
 
 log = logging.getLogger("report_task")
@@ -304,3 +305,14 @@ def write_task_report(task: str, metrics: dict, predictions: pd.DataFrame, class
 def read_training_log(path: Path) -> list[dict]:
     """Rows of a JSON-lines training log."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_task_and_card(task: str, metrics: dict, predictions: pd.DataFrame, baseline_predictions: pd.DataFrame,
+                        training_log_path: Path, out_html: Path, card: tuple | None = None) -> None:
+    """The task page, and the model card when `card` = (labels, manifests, model_dir, out_json, out_md) names
+    its outputs."""
+    training_log = read_training_log(training_log_path)
+    write_task_report(task, metrics, predictions, metrics["classes"], out_html, training_log, baseline_predictions)
+    labels, manifests, model_dir, out_json, out_md = card or (None,) * 5
+    if out_json and out_md:
+        write_model_card(build_model_card(task, metrics, labels, manifests, model_dir, training_log), out_json, out_md)
