@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import norm
 
 from mmhealth.evaluate.compare import compare_auroc, delong_difference, paired_bootstrap_difference
-from mmhealth.evaluate.metrics import json_safe, point_metrics
+from mmhealth.evaluate.metrics import json_safe, point_metrics, resample_weights, weighted_auroc
 
 
 def binary(p1):
@@ -95,6 +95,10 @@ def test_clusters_widen_the_interval_when_subjects_repeat():
     assert clustered["difference"] == pytest.approx(single["difference"])
     assert clustered["se"] > naive["se"] * 1.3  # duplicated units are not new evidence
     assert clustered["se"] == pytest.approx(single["se"], rel=0.02)
+    # The subject bootstrap sees the same spread as the clustered DeLong variance.
+    weights = resample_weights(200, subjects, 2000, np.random.default_rng(0))
+    spread = np.std(weighted_auroc(twice(y), twice(a), weights) - weighted_auroc(twice(y), twice(b), weights))
+    assert spread == pytest.approx(clustered["se"], rel=0.1)
 
 
 def test_identical_and_multiclass_inputs():
