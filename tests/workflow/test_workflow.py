@@ -102,6 +102,15 @@ def test_new_data_is_predicted_with_the_trained_tokenizers_and_models(run):
     assert all(task in page for task in TASKS) and page.count("<img") == len(TASKS)
 
 
+def test_snakemake_report_packages_the_pages(run):
+    """`snakemake --report` gathers the summary and every task page, with their captions."""
+    import zipfile
+
+    sm(run, "--configfile", "config.yaml", "--report", "report.zip")
+    names = zipfile.ZipFile(run / "report.zip").namelist()
+    assert sum(name.endswith("report.html") for name in names) >= len(TASKS) + 1, names
+
+
 def test_second_dry_run_has_nothing_to_do(run):
     done = sm(run, "-n", "--configfile", "config.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
