@@ -88,7 +88,8 @@ def write_summary_report(metrics_files: list[Path], out_html: Path) -> None:
         rows.append([result["task"], result.get("n_test", "n/a"), result.get("n_subjects_test", "n/a"),
                      format_estimate(model.get("auroc")), format_estimate(baseline.get("auroc")),
                      format_estimate(model.get("auprc")), format_estimate(baseline.get("auprc")),
-                     baseline.get("name", "none"), calibration_cell(result)])
+                     # spaces, not underscores: a long name then wraps inside its cell
+                     str(baseline.get("name", "none")).replace("_", " "), calibration_cell(result)])
         links.append(f'<li><a href="{escape(quote(report))}">{escape(str(result["task"]))}</a></li>')
     header = ["Task", "Test units", "Test subjects", "Model AUROC", "Baseline AUROC", "Model AUPRC",
               "Baseline AUPRC", "Baseline", "ECE before → after calibration"]

@@ -120,7 +120,7 @@ def calibration_section(y: np.ndarray, prob: np.ndarray, baseline: tuple[np.ndar
             [("baseline", baseline[0], baseline[1], "--")] if baseline is not None else []):
         _draw_curve(ax, run_y, run_prob, run, style)
     ax.set(xlim=(0, 1), ylim=(0, 1), title="Before calibration")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="best")
     if calibrated is not None:
         ax = axes[1]
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
@@ -129,7 +129,7 @@ def calibration_section(y: np.ndarray, prob: np.ndarray, baseline: tuple[np.ndar
         temperature = (calibration or {}).get("temperature")
         ax.set(xlim=(0, 1), ylim=(0, 1),
                title="After temperature scaling" + (f" (T = {temperature:.2f})" if temperature else ""))
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best")
     for ax in axes:
         ax.set(xlabel="Predicted probability of the positive class" if binary else "Confidence (max probability)",
                ylabel="Observed frequency" if binary else "Accuracy")
