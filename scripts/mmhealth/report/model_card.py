@@ -91,7 +91,7 @@ def build_model_card(task: str, metrics: dict, labels: Path, manifests: list[Pat
                        "preprocessing": "the pipeline's ingest (pseudonyms, date shifts, quarantine of bad "
                                         "records) and tokenize stages; tokenizers fitted on the train split"},
         "model": {"spec": spec, "best_epoch": best_epoch(training_log),
-                  "training_card": "README.md in the model folder"},
+                  "training_card": "README.md"},
         "analysis": {"selection": "early stopping on validation loss",
                      "calibration": "temperature scaling fitted on validation",
                      "thresholds": "chosen on validation (Youden's J; sensitivity >= 0.9)",
