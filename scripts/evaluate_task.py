@@ -1,5 +1,6 @@
 """Entry point of the `evaluate_task` rule: one task's test-split metrics with bootstrap CIs, beside its
-baseline, and the test predictions of both."""
+baseline and compared with it, calibration and operating points fitted on validation, and the test
+predictions of both."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--labels", required=True, type=Path)
     parser.add_argument("--shards-json", required=True,
-                        help='JSON: {"test": {"<modality>": [shard files]}, "train": {...}}')
+                        help='JSON: {"test": {"<modality>": [shard files]}, "train": {...}, "val": {...}}')
     parser.add_argument("--tokenizers-json", required=True, help='JSON: {"<modality>": "tokenizer folder"}')
-    parser.add_argument("--ehr-parts", nargs="*", default=[], type=Path, help="ingest/ehr parts, for sex subgroups")
+    parser.add_argument("--ehr-parts", nargs="*", default=[], type=Path, help="ingest/ehr parts, for sex and age subgroups")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

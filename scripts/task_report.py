@@ -1,5 +1,5 @@
-"""Entry point of the `task_report` rule: one task's evaluation page (HTML, figures inlined), drawn from the
-files evaluation wrote; no subject id reaches it."""
+"""Entry point of the `task_report` rule: one task's evaluation page (HTML, figures inlined) and its model
+card (TRIPOD+AI items; JSON and Markdown), drawn from the files evaluation wrote; no subject id reaches them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmhealth.report.task_page import read_training_log, write_task_report
+from mmhealth.report.task_page import write_task_and_card
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,13 +21,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-predictions", required=True, type=Path,
                         help="eval/<task>/baseline_predictions.parquet")
     parser.add_argument("--training-log", required=True, type=Path, help="models/<task>/training.jsonl")
+    parser.add_argument("--labels", type=Path, help="splits/labels/<task>.parquet (the card's split counts)")
+    parser.add_argument("--manifests", nargs="*", default=[], type=Path, help="ingest/<modality>/manifest.json")
+    parser.add_argument("--model-dir", type=Path, help="models/<task>/ (the card's model settings)")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--out-card-json", type=Path, help="model_card.json; needs --labels and --model-dir")
+    parser.add_argument("--out-card-md", type=Path, help="model_card.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    metrics = json.loads(args.metrics.read_text())
-    write_task_report(args.task, metrics, pd.read_parquet(args.predictions), metrics["classes"], args.out,
-                      read_training_log(args.training_log), pd.read_parquet(args.baseline_predictions))
-
+    write_task_and_card(args.task, json.loads(args.metrics.read_text()), pd.read_parquet(args.predictions),
+                        pd.read_parquet(args.baseline_predictions), args.training_log, args.out,
+                        card=(args.labels, args.manifests, args.model_dir, args.out_card_json, args.out_card_md))
 
 if __name__ == "__main__":
     main()

@@ -81,8 +81,12 @@ def test_every_contract_output_exists(run):
             for name in ("auroc", "auprc", "accuracy", "macro_f1", "brier", "ece"):
                 assert set(metrics[side][name]) >= {"value", "ci"}, f"{task} {side} {name}"
         assert metrics["baseline"]["name"].startswith("logistic_regression")
+        comparison = metrics["comparisons"]["baseline"]  # the contract's shape
+        assert comparison["metric"] == "auroc" and comparison["test"] == "delong" and "p_value" in comparison
+        assert set(comparison["difference"]) >= {"value", "ci"}
+        assert metrics["calibration"]["fitted_on"] == "val" and metrics["calibration"]["temperature"] > 0
         predictions = pq.read_table(results / "eval" / task / "predictions.parquet").to_pandas()
-        assert len(predictions) == metrics["n_test"]
+        assert len(predictions) == metrics["n_test"] and "probabilities_calibrated" in predictions
         test_subjects = set(splits.loc[splits["split"] == "test", "subject_id"])
         assert set(predictions["subject_id"]) <= test_subjects  # evaluated on the test split only
         assert (results / "eval" / task / "report.html").stat().st_size > 1000
@@ -114,6 +118,15 @@ def test_new_data_is_predicted_with_the_trained_tokenizers_and_models(run):
                                    atol=1e-5, err_msg=task)
     page = (results / "predict" / "again" / "report.html").read_text()
     assert all(task in page for task in TASKS) and page.count("<img") == len(TASKS)
+
+
+def test_snakemake_report_packages_the_pages(run):
+    """`snakemake --report` gathers the summary and every task page, with their captions."""
+    import zipfile
+
+    sm(run, "--configfile", "config.yaml", "--report", "report.zip")
+    names = zipfile.ZipFile(run / "report.zip").namelist()
+    assert sum(name.endswith("report.html") for name in names) >= len(TASKS) + 1, names
 
 
 def test_second_dry_run_has_nothing_to_do(run):

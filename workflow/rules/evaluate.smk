@@ -1,4 +1,5 @@
-# Test-split evaluation per task: metrics with bootstrap CIs beside a baseline, and both sets of predictions.
+# Test-split evaluation per task: metrics with bootstrap CIs beside a baseline, the paired comparison with it,
+# calibration and operating points fitted on validation, subgroups, and both sets of predictions.
 # The task's page is drawn from these files by a rule of its own (report.smk), so a plot edit re-runs no
 # bootstrap.
 
@@ -12,7 +13,7 @@ rule evaluate_task:
         baseline=eval_file("{task}", "baseline_predictions.parquet"),
     params:
         modalities=task_modalities_csv,
-        shards=shards_json(["train", "test"]),
+        shards=shards_json(EVALUATE_SPLITS),
         tokenizers=tokenizers_json,
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["evaluate"]["seed"],

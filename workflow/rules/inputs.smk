@@ -106,10 +106,14 @@ def train_inputs(wildcards):
     }
 
 
+# train: the baseline's fit; val: temperature and thresholds; test: every reported number.
+EVALUATE_SPLITS = ["train", "val", "test"]
+
+
 def evaluate_inputs(wildcards):
     return {
         "model": model_dir(wildcards.task),
-        "shards": task_shards(wildcards.task, ["train", "test"]),
+        "shards": task_shards(wildcards.task, EVALUATE_SPLITS),
         "tokenizers": list(task_tokenizers(wildcards.task).values()),
         "labels": task_labels(wildcards.task),
         "code": task_code("evaluate_task")(wildcards),
@@ -123,6 +127,8 @@ def task_report_inputs(wildcards):
         "predictions": eval_file(wildcards.task, "predictions.parquet"),
         "baseline": eval_file(wildcards.task, "baseline_predictions.parquet"),
         "model": model_dir(wildcards.task),
+        "labels": task_labels(wildcards.task),
+        "manifests": sorted({ingest_manifest(TOKEN_SOURCE[m]) for m in task_modalities(wildcards.task)}),
         "code": entry_code("task_report"),
     }
 

@@ -25,6 +25,10 @@ def shard_quarantine(modality, shard):
     return result("ingest", modality, "shards", f"quarantine-{shard}.parquet")
 
 
+def ingest_manifest(modality):
+    return result("ingest", modality, "manifest.json")
+
+
 def shard_manifest(modality, shard):
     return result("ingest", modality, "shards", f"manifest-{shard}.json")
 

@@ -1,5 +1,8 @@
 # Pages people read: one per task, drawn from evaluation's files, and one summary over all tasks; and the
-# data accounting they show (records in / out / quarantined, subjects and labels per split).
+# data accounting they show. The pages are report() outputs, so `snakemake --report report.zip` packages
+# them with their captions.
+
+report: "../report/workflow.rst"
 
 
 rule data_accounting:
@@ -27,7 +30,10 @@ rule task_report:
     input:
         unpack(task_report_inputs),
     output:
-        eval_file("{task}", "report.html"),
+        page=report(eval_file("{task}", "report.html"), caption="../report/task.rst", category="Tasks",
+               subcategory="{task}", labels={"task": "{task}", "page": "evaluation"}),
+        card_json=eval_file("{task}", "model_card.json"),
+        card_md=eval_file("{task}", "model_card.md"),
     params:
         training_log=training_log_of,
     log:
@@ -41,7 +47,9 @@ rule task_report:
     shell:
         "python {input.code[0]:q} --task {wildcards.task} --metrics {input.metrics:q}"
         " --predictions {input.predictions:q} --baseline-predictions {input.baseline:q}"
-        " --training-log {params.training_log:q} --out {output:q} > {log:q} 2>&1"
+        " --training-log {params.training_log:q} --labels {input.labels:q} --manifests {input.manifests:q}"
+        " --model-dir {input.model:q} --out {output.page:q} --out-card-json {output.card_json:q}"
+        " --out-card-md {output.card_md:q} > {log:q} 2>&1"
 
 
 
@@ -51,7 +59,8 @@ rule summary_report:
         metrics=stage_outputs("evaluate"),
         code=entry_code("summary_report"),
     output:
-        summary_report(),
+        report(summary_report(), caption="../report/summary.rst", category="Summary",
+               labels={"page": "all tasks"}),
     log:
         log_path("report", "summary"),
     conda:

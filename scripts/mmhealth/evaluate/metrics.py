@@ -31,7 +31,7 @@ ECE_BINS = 10
 CHUNK_CELLS = 2_000_000
 
 
-def _check(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_predictions(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true)
     p = np.asarray(prob, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 2:
@@ -47,12 +47,12 @@ def _check(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return y.astype(np.int64), p
 
 
-def _scored_classes(y: np.ndarray, n_classes: int) -> list[int]:
+def scored_classes(y: np.ndarray, n_classes: int) -> list[int]:
     """Classes a ranking metric is averaged over: the positive class if binary, else every class present."""
     return [1] if n_classes == 2 else [int(c) for c in np.unique(y)]
 
 
-def _bin_index(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+def bin_index(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
     """Equal-width bins (lo, hi] on [0, 1]; 0 falls in the first bin."""
     inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
     return np.digitize(confidence, inner_edges, right=True)
@@ -60,10 +60,10 @@ def _bin_index(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
 
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """Sum over equal-width bins of max probability: |accuracy - mean confidence| weighted by bin size."""
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
-    bins = _bin_index(confidence, n_bins)
+    bins = bin_index(confidence, n_bins)
     gap = 0.0
     for b in range(n_bins):
         in_bin = bins == b
@@ -78,12 +78,12 @@ def calibration_curve(y_true: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BI
     Binary: predicted P(class 1) against the fraction of class 1. Multiclass: max probability (confidence)
     against accuracy, the same quantity the ECE measures.
     """
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     if p.shape[1] == 2:
         predicted, observed = p[:, 1], (y == 1).astype(np.float64)
     else:
         predicted, observed = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
-    bins = _bin_index(predicted, n_bins)
+    bins = bin_index(predicted, n_bins)
     curve: dict[str, list[float]] = {"predicted": [], "observed": [], "count": []}
     for b in range(n_bins):
         in_bin = bins == b
@@ -100,12 +100,12 @@ def point_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     auroc/auprc are NaN when y_true holds a single class. Multiclass macro averages run over the classes
     present in y_true (auroc/auprc) or in y_true or the predictions (macro_f1, as scikit-learn does).
     """
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     n_classes = p.shape[1]
     predicted = p.argmax(axis=1)
     out: dict[str, float] = {"auroc": math.nan, "auprc": math.nan}
     if len(np.unique(y)) > 1:
-        classes = _scored_classes(y, n_classes)
+        classes = scored_classes(y, n_classes)
         out["auroc"] = float(np.mean([roc_auc_score(y == c, p[:, c]) for c in classes]))
         out["auprc"] = float(np.mean([average_precision_score(y == c, p[:, c]) for c in classes]))
     out["accuracy"] = float(accuracy_score(y, predicted))
@@ -148,7 +148,7 @@ def weighted_metrics(y_true: np.ndarray, prob: np.ndarray, weights: np.ndarray) 
 
     Unit weights reproduce `point_metrics`. auroc/auprc are NaN for a resample lacking any class of y_true.
     """
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     n_classes = p.shape[1]
     total = w.sum(axis=1)
@@ -160,7 +160,7 @@ def weighted_metrics(y_true: np.ndarray, prob: np.ndarray, weights: np.ndarray) 
 
     present = np.unique(y)
     if len(present) > 1:
-        per_class = [_weighted_ranking(y == c, p[:, c], w) for c in _scored_classes(y, n_classes)]
+        per_class = [_weighted_ranking(y == c, p[:, c], w) for c in scored_classes(y, n_classes)]
         complete = (w @ onehot_true[:, present] > 0).all(axis=1)
         for k, name in enumerate(RANKING_METRICS):
             values = np.mean([pc[k] for pc in per_class], axis=0)
@@ -177,9 +177,21 @@ def weighted_metrics(y_true: np.ndarray, prob: np.ndarray, weights: np.ndarray) 
     squared = (p[:, 1] - (y == 1)) ** 2 if n_classes == 2 else np.sum((p - onehot_true) ** 2, axis=1)
     out["brier"] = w @ squared / total
     confidence = p.max(axis=1)
-    in_bin = np.eye(ECE_BINS)[_bin_index(confidence)]
+    in_bin = np.eye(ECE_BINS)[bin_index(confidence)]
     out["ece"] = np.abs(w @ (in_bin * correct[:, None]) - w @ (in_bin * confidence[:, None])).sum(axis=1) / total
     return out
+
+
+def weighted_auroc(y_true: np.ndarray, prob: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC (macro one-vs-rest if multiclass) for each row of `weights`; NaN where a class is missing."""
+    y, p = check_predictions(y_true, prob)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    present = np.unique(y)
+    if len(present) < 2:
+        return np.full(len(w), np.nan)
+    values = np.mean([_weighted_ranking(y == c, p[:, c], w)[0] for c in scored_classes(y, p.shape[1])], axis=0)
+    complete = (w @ np.eye(p.shape[1])[y][:, present] > 0).all(axis=1)
+    return np.where(complete, values, np.nan)
 
 
 def resample_weights(n_rows: int, clusters: np.ndarray | None, n_boot: int,
@@ -201,7 +213,7 @@ def bootstrap_metrics(y_true: np.ndarray, prob: np.ndarray, clusters: np.ndarray
     together. Resamples where a metric is undefined (auroc/auprc without every class) are skipped and
     `n_boot` says how many were used. Values are Python floats; NaN only where undefined.
     """
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     if clusters is not None and len(clusters) != len(y):
         raise ValueError(f"clusters must have one entry per row ({len(y)}), got {len(clusters)}")
     if not 0 < level < 1:

@@ -1,6 +1,8 @@
-"""Evaluate one task on its held-out test split: model and baseline metrics with bootstrap CIs, subgroup
-metrics, and the test predictions of both. Nothing here looks at train rows except the baseline's fit.
-The task's page is drawn from these files by `mmhealth.report.task_page`.
+"""Evaluate one task on its held-out test split: model and baseline metrics with bootstrap CIs, the paired
+comparison with the baseline, calibration before and after temperature scaling, operating points, subgroup
+metrics, and the test predictions of both. Train rows reach only the baseline's fit; validation rows only
+the temperature and the thresholds, which are then applied unchanged to test. The task's page is drawn from
+these files by `mmhealth.report.task_page`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmhealth.evaluate import baseline, metrics
-from mmhealth.evaluate.subgroups import sex_subgroups, subgroup_metrics
+from mmhealth.evaluate.calibration import calibration_report
+from mmhealth.evaluate.compare import compare_auroc
+from mmhealth.evaluate.operating import operating_points
+from mmhealth.evaluate.subgroups import subgroup_metrics, subject_attributes
 from mmhealth.predict.inference import load_units, predictions_frame, write_predictions
 from mmhealth.train.bags import read_labels
-from mmhealth.train.models import load_classifier
+from mmhealth.train.models import FusionClassifier, load_classifier
 
 log = logging.getLogger("evaluate")
 
@@ -27,9 +33,9 @@ class EvalInputs:
 
     model_dir: Path
     labels: Path
-    shards: dict[str, dict[str, list[Path]]]  # split (test, and train for the baseline) -> modality -> files
+    shards: dict[str, dict[str, list[Path]]]  # split (test; train: baseline; val: calibration) -> modality -> files
     tokenizers: dict[str, Path]  # modality -> tokenizer folder (the baseline's vocabulary size)
-    ehr_parts: list[Path]  # ingest/ehr parts: the sex subgroup; empty without EHR input
+    ehr_parts: list[Path]  # ingest/ehr parts: sex and age subgroups; empty without EHR input
 
 
 @dataclass
@@ -44,6 +50,27 @@ def scored(frame: pd.DataFrame, classes: list[str], n_boot: int, seed: int) -> d
     return metrics.bootstrap_metrics(y, prob, clusters=subjects, n_boot=n_boot, seed=seed)
 
 
+def validation_fitted(model: FusionClassifier, inputs: EvalInputs, predictions: pd.DataFrame, classes: list[str], n_boot: int,
+                      seed: int) -> dict:
+    """`calibration` and `operating_points`, fitted on the validation split and applied unchanged to the
+    test predictions, which gain a `probabilities_calibrated` column. Empty without validation units."""
+    val_shards = inputs.shards.get("val")
+    val = predictions_frame(model, load_units(model, val_shards, "val", str(inputs.labels))[0], labelled=True) \
+        if val_shards else pd.DataFrame()
+    if val.empty:
+        log.warning("no validation units: no temperature scaling and no operating points")
+        predictions["probabilities_calibrated"] = predictions["probabilities"]
+        return {"calibration": None, "operating_points": {}}
+    val_y, val_prob, _ = metrics.prediction_arrays(val, classes)
+    y, prob, subjects = metrics.prediction_arrays(predictions, classes)
+    calibration, calibrated = calibration_report(val_y, val_prob, y, prob, subjects, n_boot, seed)
+    predictions["probabilities_calibrated"] = list(calibrated.astype(np.float32))
+    log.info("temperature %.3f fitted on %d validation units (val NLL %.4f -> %.4f)", calibration["temperature"],
+             len(val_y), calibration["val_nll"]["before"], calibration["val_nll"]["after"])
+    return {"calibration": calibration,
+            "operating_points": operating_points(val_y, val_prob, y, prob, subjects, n_boot, seed)}
+
+
 def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: int, seed: int,
                   outputs: EvalOutputs) -> dict:
     model = load_classifier(inputs.model_dir)
@@ -54,22 +81,26 @@ def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: 
     predictions = predictions_frame(model, data, labelled=True)
     baseline_predictions = baseline.run_baseline(read_labels(inputs.labels).to_pandas(), inputs.shards,
                                                  inputs.tokenizers, modalities, classes, seed=seed)
+    model_scores = scored(predictions, classes, n_boot, seed)
     result = {
         "task": task,
         "n_test": len(predictions),
         "n_subjects_test": int(predictions["subject_id"].nunique()),
         "classes": classes,
-        "model": scored(predictions, classes, n_boot, seed),
+        "model": model_scores,
         "baseline": {"name": baseline.baseline_name(modalities),
                      **scored(baseline_predictions, classes, n_boot, seed)},
-        "subgroups": subgroup_metrics(predictions, classes,
-                                      sex_subgroups(inputs.ehr_parts) if inputs.ehr_parts else None),
+        "comparisons": {"baseline": compare_auroc(predictions, baseline_predictions, classes, n_boot, seed)},
+        **validation_fitted(model, inputs, predictions, classes, n_boot, seed),
+        "subgroups": subgroup_metrics(predictions, classes, subject_attributes(inputs.ehr_parts),
+                                      model_scores["auroc"]["value"], n_boot, seed),
     }
     outputs.metrics.parent.mkdir(parents=True, exist_ok=True)
     outputs.metrics.write_text(json.dumps(metrics.json_safe(result), indent=2, allow_nan=False) + "\n")
     write_predictions(predictions, outputs.predictions, {"task": task, "split": "test"})
     write_predictions(baseline_predictions, outputs.baseline_predictions,
                       {"task": task, "split": "test", "model": result["baseline"]["name"]})
-    log.info("%s: test AUROC %.3f %s (baseline %.3f) on %d units", task, result["model"]["auroc"]["value"],
-             result["model"]["auroc"]["ci"], result["baseline"]["auroc"]["value"], result["n_test"])
+    log.info("%s: test AUROC %.3f %s (baseline %.3f; difference p=%s) on %d units", task,
+             result["model"]["auroc"]["value"], result["model"]["auroc"]["ci"], result["baseline"]["auroc"]["value"],
+             result["comparisons"]["baseline"]["p_value"], result["n_test"])
     return result

@@ -93,6 +93,8 @@ def predictions_frame(model: FusionClassifier, data: BagData, labelled: bool, ba
 def write_predictions(frame: pd.DataFrame, path: str | Path, params: dict) -> None:
     schema = pa.schema([("subject_id", pa.int64()), ("record_id", pa.string()), ("label", pa.string()),
                         ("predicted", pa.string()), ("probabilities", pa.list_(pa.float32()))])
+    if "probabilities_calibrated" in frame:  # evaluation: after the validation-fitted temperature
+        schema = schema.append(pa.field("probabilities_calibrated", pa.list_(pa.float32())))
     if "training_split" in frame:
         schema = schema.append(pa.field("training_split", pa.string()))
     write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path, "predict", params)

@@ -60,5 +60,7 @@ def format_estimate(entry: dict | None, digits: int = 3) -> str:
     text = f"{entry['value']:.{digits}f}"
     ci = entry.get("ci") or []
     if len(ci) == 2 and all(_finite(v) for v in ci):
-        text += f" ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})"
+        # "to" where a bound is negative: "-0.21–0.40" reads as a range of negatives
+        joiner = " to " if ci[0] < 0 or ci[1] < 0 else "–"
+        text += f" ({ci[0]:.{digits}f}{joiner}{ci[1]:.{digits}f})"
     return text

@@ -1,4 +1,5 @@
-"""One summary page over every task: sizes, model and baseline AUROC/AUPRC with CIs, links to task reports."""
+"""One summary page over every task: a verdict line per task (does the model beat its baseline?), sizes,
+model and baseline AUROC/AUPRC with CIs, calibration before and after, links to task reports."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mmhealth.report.html import figure_html, format_estimate, html_page, html_table
+from mmhealth.report.verdicts import BASELINE_RULE, verdict_line
 
 log = logging.getLogger("report_all")
 
@@ -51,6 +53,25 @@ def auroc_chart(results: list[dict]) -> Figure:
     return fig
 
 
+def calibration_cell(result: dict) -> str:
+    """'0.126 → 0.071 (T = 1.85)': test ECE before and after the validation-fitted temperature."""
+    calibration = result.get("calibration") or {}
+    before, after = (calibration.get("before") or {}).get("ece"), (calibration.get("after") or {}).get("ece")
+    if not before or not after or before.get("value") is None or after.get("value") is None:
+        return "not fitted"
+    return f"{before['value']:.3f} → {after['value']:.3f} (T = {calibration['temperature']:.2f})"
+
+
+def verdict_items(results: list[tuple[dict, str]]) -> list[str]:
+    """One <li> per task: its verdict line against the baseline, linked to the task page."""
+    items = []
+    for result, report in results:
+        line = verdict_line((result.get("comparisons") or {}).get("baseline"))
+        items.append(f'<li><a href="{escape(quote(report))}">{escape(str(result["task"]))}</a> '
+                     f"{escape(line)}</li>")
+    return items
+
+
 def write_summary_report(metrics_files: list[Path], out_html: Path) -> None:
     """Write the summary page; each task links to report.html beside its metrics.json, relative to out_html."""
     out_html = Path(out_html)
@@ -67,13 +88,19 @@ def write_summary_report(metrics_files: list[Path], out_html: Path) -> None:
         rows.append([result["task"], result.get("n_test", "n/a"), result.get("n_subjects_test", "n/a"),
                      format_estimate(model.get("auroc")), format_estimate(baseline.get("auroc")),
                      format_estimate(model.get("auprc")), format_estimate(baseline.get("auprc")),
-                     baseline.get("name", "none")])
+                     # spaces, not underscores: a long name then wraps inside its cell
+                     str(baseline.get("name", "none")).replace("_", " "), calibration_cell(result)])
         links.append(f'<li><a href="{escape(quote(report))}">{escape(str(result["task"]))}</a></li>')
     header = ["Task", "Test units", "Test subjects", "Model AUROC", "Baseline AUROC", "Model AUPRC",
-              "Baseline AUPRC", "Baseline"]
+              "Baseline AUPRC", "Baseline", "ECE before → after calibration"]
     body = [
         "<h1>mmhealth: all tasks</h1>",
         "<p>Test-set estimates with 95% bootstrap confidence intervals over subjects.</p>",
+    ]
+    if rows:
+        body += ["<h2 id=\"verdicts\">Does each model beat its baseline?</h2>", "<ul>", *verdict_items(results),
+                 "</ul>", f"<p class=\"note\">{escape(BASELINE_RULE)}</p>"]
+    body += [
         "<h2 id=\"tasks\">Tasks</h2>",
         html_table(header, rows) if rows else "<p class=\"note\">No task was evaluated.</p>",
     ]
