@@ -9,6 +9,7 @@ import pyarrow as pa
 from mmhealth.core.parquet_io import write_table
 from mmhealth.core.pseudonym import subject_pseudonym
 from mmhealth.report.accounting import console_summary, data_accounting
+from mmhealth.report.data_section import data_section
 from mmhealth.report.end_of_run import unused_label_ids
 
 KEY = b"k" * 32
@@ -40,3 +41,7 @@ def test_counts_reasons_and_unused_labels(tmp_path):
     text = console_summary(accounting, {"t": unused})
     assert "image: 10 in, 7 out, 3 quarantined (30.0%)" in text and "2 x not DICOM" in text
     assert "X8, X9" in text and "X8" not in json.dumps(accounting)
+    section = data_section(accounting, ["t"])
+    assert "3 (30.0%)" in section and "2 × not DICOM" in section and "Subjects per split: train 2, val 1, test 1" in section
+    assert "0: 1 (50%), 1: 1 (50%)" in section and "2 of 6 labels name a subject with no data" in section
+    assert "X8" not in section

@@ -22,7 +22,7 @@ from task_report import main as report_task_main
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 TASK_SECTIONS = ["headline", "comparison", "classification-report", "roc", "pr", "calibration", "operating-points",
-                 "confusion", "subgroups", "training"]
+                 "confusion", "subgroups", "training", "data"]
 
 
 class PageParser(HTMLParser):

@@ -129,6 +129,7 @@ def task_report_inputs(wildcards):
         "model": model_dir(wildcards.task),
         "labels": task_labels(wildcards.task),
         "manifests": sorted({ingest_manifest(TOKEN_SOURCE[m]) for m in task_modalities(wildcards.task)}),
+        "accounting": accounting_file(),
         "code": entry_code("task_report"),
     }
 

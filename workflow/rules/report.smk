@@ -49,7 +49,7 @@ rule task_report:
         " --predictions {input.predictions:q} --baseline-predictions {input.baseline:q}"
         " --training-log {params.training_log:q} --labels {input.labels:q} --manifests {input.manifests:q}"
         " --model-dir {input.model:q} --out {output.page:q} --out-card-json {output.card_json:q}"
-        " --out-card-md {output.card_md:q} > {log:q} 2>&1"
+        " --out-card-md {output.card_md:q} --accounting {input.accounting:q} > {log:q} 2>&1"
 
 
 
@@ -57,6 +57,7 @@ rule task_report:
 rule summary_report:
     input:
         metrics=stage_outputs("evaluate"),
+        accounting=accounting_file(),
         code=entry_code("summary_report"),
     output:
         report(summary_report(), caption="../report/summary.rst", category="Summary",
@@ -70,7 +71,8 @@ rule summary_report:
         mem_mb=mem_mb(1000),
         runtime=runtime_min(10),
     shell:
-        "python {input.code[0]:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
+        "python {input.code[0]:q} --metrics {input.metrics:q} --accounting {input.accounting:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule report:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import numpy as np
 from matplotlib.figure import Figure
 
+from mmhealth.report.data_section import data_section
 from mmhealth.report.html import figure_html, format_estimate, html_page, html_table
 from mmhealth.report.verdicts import BASELINE_RULE, verdict_line
 
@@ -72,7 +73,7 @@ def verdict_items(results: list[tuple[dict, str]]) -> list[str]:
     return items
 
 
-def write_summary_report(metrics_files: list[Path], out_html: Path) -> None:
+def write_summary_report(metrics_files: list[Path], out_html: Path, accounting: dict | None = None) -> None:
     """Write the summary page; each task links to report.html beside its metrics.json, relative to out_html."""
     out_html = Path(out_html)
     results = []
@@ -108,6 +109,7 @@ def write_summary_report(metrics_files: list[Path], out_html: Path) -> None:
         body += ["<h2 id=\"auroc\">AUROC, model against baseline</h2>",
                  figure_html(auroc_chart([r for r, _ in results]), "AUROC by task, model against baseline"),
                  "<h2 id=\"reports\">Task reports</h2>", "<ul>", *links, "</ul>"]
+    body.append(data_section(accounting, [str(r["task"]) for r, _ in results]))
     out_html.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_html.with_name(f".{out_html.name}.tmp")
     tmp.write_text(html_page("mmhealth: all tasks", body), encoding="utf-8")

@@ -25,6 +25,7 @@ from mmhealth.evaluate.metrics import (
     calibration_curve,
     prediction_arrays,
 )
+from mmhealth.report.data_section import data_section
 from mmhealth.report.html import figure_html, format_estimate, html_page, html_table
 from mmhealth.report.model_card import build_model_card, write_model_card
 from mmhealth.report.verdicts import BASELINE_RULE, verdict_line
@@ -269,7 +270,7 @@ def training_section(training_log: list[dict] | None) -> str:
 
 def write_task_report(task: str, metrics: dict, predictions: pd.DataFrame, classes: list[str], out_html: Path,
                       training_log: list[dict] | None = None,
-                      baseline_predictions: pd.DataFrame | None = None) -> None:
+                      baseline_predictions: pd.DataFrame | None = None, accounting: dict | None = None) -> None:
     """Write the task's HTML report: headline table, comparison with the baseline, classification report, ROC,
     PR, calibration before and after, operating points, confusion matrix, subgroups and training curves.
     Only aggregates reach the page, never a subject id."""
@@ -294,6 +295,7 @@ def write_task_report(task: str, metrics: dict, predictions: pd.DataFrame, class
         confusion_section(y, predicted, classes),
         subgroup_section(metrics.get("subgroups") or {}, classes, (metrics.get("model") or {}).get("auroc")),
         training_section(training_log),
+        data_section(accounting, [task]),
     ]
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
@@ -308,11 +310,13 @@ def read_training_log(path: Path) -> list[dict]:
 
 
 def write_task_and_card(task: str, metrics: dict, predictions: pd.DataFrame, baseline_predictions: pd.DataFrame,
-                        training_log_path: Path, out_html: Path, card: tuple | None = None) -> None:
+                        training_log_path: Path, out_html: Path, card: tuple | None = None,
+                        accounting: dict | None = None) -> None:
     """The task page, and the model card when `card` = (labels, manifests, model_dir, out_json, out_md) names
     its outputs."""
     training_log = read_training_log(training_log_path)
-    write_task_report(task, metrics, predictions, metrics["classes"], out_html, training_log, baseline_predictions)
+    write_task_report(task, metrics, predictions, metrics["classes"], out_html, training_log, baseline_predictions,
+                      accounting)
     labels, manifests, model_dir, out_json, out_md = card or (None,) * 5
     if out_json and out_md:
         write_model_card(build_model_card(task, metrics, labels, manifests, model_dir, training_log), out_json, out_md)
