@@ -109,5 +109,6 @@ def scrubbed(text: str, subject: str, redact: dict[str, set[str]],
     if subject not in patterns:
         patterns[subject] = scrub_pattern(redact.get(subject, set()) | raw_id_terms(subject))
     pattern = patterns[subject]
-    text = pattern.sub(_placeholder, text) if pattern else text
-    return scrub_phi(text) if use_patterns else text
+    if use_patterns:  # first: an e-mail or a cue ('daughter Anna') must be seen before a name part goes
+        text = scrub_phi(text)
+    return pattern.sub(_placeholder, text) if pattern else text
