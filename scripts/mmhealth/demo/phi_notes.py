@@ -13,6 +13,9 @@ scrubber must keep.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import re
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,3 +147,51 @@ def labelled_notes(n: int, seed: int = 0) -> list[LabelledNote]:
         notes.append(LabelledNote(tuple(seg), f"P{i:05d}", (f"{given} {family}", birth.isoformat(),
                                                           f"{address}, {city}, {state}")))
     return notes
+
+
+TOKEN = re.compile(r"[A-Za-z0-9]+")
+# typed placeholders of each scrubber, and '90+' (the Safe Harbor age category) as a placeholder too
+PLACEHOLDER = re.compile(r"\[[A-Z]+\]|\{\{[A-Z_]+\}\}|\*+|<[A-Z_]+>|\b90\+")
+
+
+def _tokens(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(), m.start(), m.end()) for m in TOKEN.finditer(text)]
+
+
+def score(notes: list[LabelledNote], outputs: list[str]) -> dict:
+    """Per category: items, recall, removed tokens and token precision; clinical tokens lost overall."""
+    found, items = defaultdict(int), defaultdict(int)
+    removed_phi, removed_clean, clean_total = defaultdict(int), 0, 0
+    for note, out in zip(notes, outputs, strict=True):
+        text = note.text
+        tokens = _tokens(text)
+        kept_tokens = [t for t, _, _ in _tokens(PLACEHOLDER.sub(" ", out))]
+        matcher = difflib.SequenceMatcher(None, [t for t, _, _ in tokens], kept_tokens, autojunk=False)
+        kept = set()
+        for block in matcher.get_matching_blocks():
+            kept.update(range(block.a, block.a + block.size))
+        spans, at = [], 0
+        for seg, category in note.segments:
+            spans.append((at, at + len(seg), category))
+            at += len(seg)
+        owner = []
+        for _, start, _ in tokens:
+            owner.append(next(i for i, (a, b, _) in enumerate(spans) if a <= start < b))
+        per_item = defaultdict(list)
+        for i, item in enumerate(owner):
+            per_item[item].append(i not in kept)
+        for item, removed in per_item.items():
+            category = spans[item][2]
+            if category is None:
+                removed_clean += sum(removed)
+                clean_total += len(removed)
+            else:
+                items[category] += 1
+                found[category] += all(removed)
+                removed_phi[category] += sum(removed)
+    total_removed = sum(removed_phi.values()) + removed_clean
+    result = {c: {"items": items[c], "recall": round(found[c] / items[c], 4)} for c in sorted(items)}
+    result["all_phi"] = {"items": sum(items.values()), "recall": round(sum(found.values()) / sum(items.values()), 4),
+                         "token_precision": round(sum(removed_phi.values()) / max(total_removed, 1), 4)}
+    result["clinical_tokens_lost"] = round(removed_clean / max(clean_total, 1), 4)
+    return result
