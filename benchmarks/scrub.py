@@ -90,7 +90,8 @@ def libraries(notes: list[LabelledNote], path: str | None) -> dict[str, Callable
         philter_lite.detect_phi(notes[0].text, filters)  # fails here if NLTK data is missing
         found["philter-lite"] = philter
     except Exception as exc:
-        found["philter-lite"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip().strip("*")]
+        found["philter-lite"] = f"{type(exc).__name__}: {lines[0] if lines else ''}"  # NLTK: which resource
     return found
 
 

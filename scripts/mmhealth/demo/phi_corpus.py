@@ -30,7 +30,8 @@ RELATIVES = (("daughter", "Rosalind"), ("son", "Ignatius"), ("wife", "Marguerite
 def _person(index: int) -> dict[str, str]:
     """Distinct planted identifiers of the index-th planted patient."""
     relation, relative = RELATIVES[index % len(RELATIVES)]
-    return {"name": f"Quillon{index:03d}", "given": "Perpetua", "mrn": f"ZX{index:05d}Q7",
+    letters = "".join(chr(97 + index // 26 ** k % 26) for k in (2, 1, 0))  # names have no digits
+    return {"name": f"Quillon{letters}", "given": "Perpetua", "mrn": f"ZX{index:05d}Q7",
             "phone": f"(617) 555-{index:04d}", "phone2": f"+44 20 7946 {index:04d}",
             "email": f"perpetua.quillon{index:03d}@mailbox.example", "address": f"{index + 10} Wisteria Lane",
             "relative": relative, "relation": relation, "staff": STAFF[index % len(STAFF)],
@@ -69,8 +70,8 @@ def _plant_dicom(raw: Path) -> list[str]:
         broken = Dataset()  # a header without pixel data: refused, so its (renamed) path reaches quarantine
         broken.PatientID, broken.PatientName = ds.PatientID, f"{who['name']}^{who['given']}"
         broken.Modality, broken.SOPClassUID = "CT", ds.SOPClassUID
-        broken.SeriesInstanceUID = f"{ds.SeriesInstanceUID}.9"
-        broken.SOPInstanceUID = f"{ds.SeriesInstanceUID}.9.1"
+        broken.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.998.{index}"
+        broken.SOPInstanceUID = f"1.2.826.0.1.3680043.10.998.{index}.1"
         broken.file_meta = pydicom.dataset.FileMetaDataset()
         broken.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         broken.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
