@@ -11,17 +11,23 @@ reach results/ or the logs:
   one extra record whose header matches no subject (quarantined).
 - EHR: patients.csv gains columns no table declares (`email`, `phone`, `next_of_kin`); notes gain sentences
   with relatives, staff, phones in several formats, e-mails, an address, ids, URLs and dates.
+It writes `phi_audit/planted.json` (the planted strings: search your results/ for them) and
+`phi_audit/labelled_notes.jsonl` (labelled notes to measure a scrubber on, see `phi_notes`) under `raw`.
+CLI: `make_demo_data.py --plant-phi`.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import json
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+
+from mmhealth.demo.phi_notes import labelled_notes
 
 STAFF = ("Okonkwo", "Lindqvist", "Abernethy-Cole")
 RELATIVES = (("daughter", "Rosalind"), ("son", "Ignatius"), ("wife", "Marguerite"), ("husband", "Bartholomew"))
@@ -131,5 +137,11 @@ def _plant_ehr(raw: Path) -> list[str]:
 def plant_phi(raw: str | Path) -> list[str]:
     """Plant identifiers in the export under `raw` (see the module docstring); return them, deduplicated."""
     raw = Path(raw)
-    needles = _plant_dicom(raw) + _plant_fasta(raw) + _plant_ehr(raw)
-    return sorted(set(needles))
+    needles = sorted(set(_plant_dicom(raw) + _plant_fasta(raw) + _plant_ehr(raw)))
+    (raw / "phi_audit").mkdir(exist_ok=True)
+    (raw / "phi_audit" / "planted.json").write_text(json.dumps(needles, indent=0) + "\n")
+    with (raw / "phi_audit" / "labelled_notes.jsonl").open("w") as handle:
+        for note in labelled_notes(1000, seed=0):
+            handle.write(json.dumps({"patient_id": note.patient_id, "identifiers": note.identifiers,
+                                     "segments": note.segments}) + "\n")
+    return needles
