@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ingest_dicom_shard(args.input, args.files, load_or_create_salt(args.salt_file),
                        common.ShardJob(args.shard, args.shards), args.out_part, args.quarantine, args.manifest,
-                       args.image_size)
+                       args.image_size, args.source_map)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     common.add_shard_arguments(parser, "", None)
     args = parser.parse_args(argv)
     ingest_ehr_shard(load_tables_json(args.tables_json), load_or_create_salt(args.salt_file),
-                     common.ShardJob(args.shard, args.shards), args.out_part, args.quarantine, args.manifest)
+                     common.ShardJob(args.shard, args.shards), args.out_part, args.quarantine, args.manifest,
+                     common.privacy_params(args.privacy_json), args.source_map)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     params = WindowParams(args.subject_regex, args.window, args.stride, args.max_n_fraction, args.n_policy)
     ingest_fasta_shard(args.input, args.files, load_or_create_salt(args.salt_file),
                        common.ShardJob(args.shard, args.shards), params, args.out_part, args.quarantine,
-                       args.manifest)
+                       args.manifest, args.source_map)
 
 
 if __name__ == "__main__":

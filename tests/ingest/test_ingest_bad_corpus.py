@@ -17,6 +17,7 @@ from test_ingest_dicom import ct_slice
 from test_ingest_fasta import write_fasta
 
 from mmhealth.core.pseudonym import record_pseudonym
+from mmhealth.ingest import common
 from mmhealth.ingest.dicom import ingest_dicom
 from mmhealth.ingest.ehr import EhrInputError, ingest_ehr
 from mmhealth.ingest.fasta import ingest_fasta
@@ -193,10 +194,13 @@ EHR_CASES: dict[str, Expected] = {
 
 
 def _ingested(out: Path) -> tuple[dict, dict[tuple[str, str], str]]:
+    """Manifest and quarantine, inputs named by their paths again through the job's source map (staging)."""
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["records_in"] == manifest["records_out"] + manifest["records_quarantined"]
+    names = common.read_source_maps([out.parent / "names.tsv"])
+    assert all(name in names for name in manifest["inputs"])
     rows = pq.read_table(out / "quarantine.parquet").to_pylist()
-    got = {(r["source"], r["locator"]): r["reason"] for r in rows}
+    got = {(names[r["source"]], r["locator"]): common.unname(r["reason"], names) for r in rows}
     assert len(got) == len(rows)  # one row per refused input
     return manifest, got
 
@@ -206,7 +210,7 @@ def dicom_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dic
     root = tmp_path_factory.mktemp("dicom")
     expected = {case: make(root / "in") for case, make in DICOM_CASES.items()}
     _series(root / "in", "2.1", UNIFORM)  # a good series next to the bad ones
-    ingest_dicom(root / "in", KEY, root / "out", 2, 8)
+    ingest_dicom(root / "in", KEY, root / "out", 2, 8, source_map=root / "names.tsv")
     manifest, got = _ingested(root / "out")
     return expected, manifest, got
 
@@ -234,7 +238,7 @@ def fasta_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     for make, _ in FASTA_CASES.values():
         if make:
             make(root / "in")
-    ingest_fasta(root / "in", KEY, root / "out", 2, REGEX, 8, 8, 0.5)
+    ingest_fasta(root / "in", KEY, root / "out", 2, REGEX, 8, 8, 0.5, source_map=root / "names.tsv")
     return _ingested(root / "out")
 
 
@@ -258,7 +262,7 @@ def ehr_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     (root / "labs.csv").write_bytes(LABS_CSV)
     (root / "vitals.csv").write_text("pid,when,hr\n2,01/02/2020 10:00,60\n2,2020-02-01 10:00,61\n")
     tables = [{**spec, "path": str(root / spec["path"])} for spec in (LABS, VITALS)]
-    ingest_ehr(tables, KEY, root / "out", 2)
+    ingest_ehr(tables, KEY, root / "out", 2, source_map=root / "names.tsv")
     manifest, got = _ingested(root / "out")
     return manifest, {(Path(source).name, locator): reason for (source, locator), reason in got.items()}
 

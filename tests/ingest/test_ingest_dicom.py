@@ -19,7 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, gen
 from ingest_dicom import main
 from mmhealth.core.parquet_io import read_metadata, read_tables
 from mmhealth.core.pseudonym import record_pseudonym, subject_pseudonym
-from mmhealth.ingest import dicom_pixels
+from mmhealth.ingest import common, dicom_pixels
 from mmhealth.ingest.dicom import ingest_dicom
 from mmhealth.ingest.dicom_pixels import FrameResizer, resize_frames
 from mmhealth.ingest.dicom_series import HEADER_ALLOW_LIST, header_value
@@ -65,7 +65,7 @@ def ct_slice(path: Path, *, series_uid: str, z: float = 0.0, instance: int = 1, 
 def run(tmp_path: Path, image_size: int = 8, shards: int = 2) -> tuple[dict, list[dict], list[dict]]:
     """Ingest tmp_path/in; check the output contract; return manifest, image rows, quarantine rows."""
     out = tmp_path / "out"
-    manifest = ingest_dicom(tmp_path / "in", KEY, out, shards, image_size)
+    manifest = ingest_dicom(tmp_path / "in", KEY, out, shards, image_size, source_map=tmp_path / "names.tsv")
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["records_in"] == manifest["records_out"] + manifest["records_quarantined"]
     parts = [out / f"part-{k}.parquet" for k in range(shards)]
@@ -76,7 +76,22 @@ def run(tmp_path: Path, image_size: int = 8, shards: int = 2) -> tuple[dict, lis
     for k, part in enumerate(parts):  # every row sits in the shard of its subject
         assert all(s % shards == k for s in pq.read_table(part).column("subject_id").to_pylist())
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
+    manifest, quarantine = plain(manifest, quarantine, tmp_path / "names.tsv", tmp_path / "in")
     return manifest, table.to_pylist(), quarantine
+
+
+def plain(manifest: dict, quarantine: list[dict], names_file: Path, root: Path) -> tuple[dict, list[dict]]:
+    """Manifest and quarantine with inputs named by their paths again through the source map (staging),
+    after checking that the outputs name no input path and the map covers every name."""
+    names = common.read_source_maps([names_file])
+    paths = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert set(manifest["inputs"]) <= set(names) and set(names.values()) <= paths
+    text = json.dumps([manifest, quarantine])
+    assert not [p for p in paths if p in text]
+    manifest = {**manifest, "inputs": {names[k]: v for k, v in manifest["inputs"].items()}}
+    quarantine = [{**row, "source": names[row["source"]], "reason": common.unname(row["reason"], names)}
+                  for row in quarantine]
+    return manifest, quarantine
 
 
 def reasons(quarantine: list[dict]) -> dict[str, str]:

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 from pydicom.pixels import pixel_array
+from test_ingest_dicom import plain
 
 from mmhealth.core.pseudonym import subject_pseudonym
 from mmhealth.ingest.dicom import ingest_dicom, parse_file
@@ -57,19 +58,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], d
     for name, path in files.items():
         (root / "in" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / "in" / name)
-    manifest = ingest_dicom(root / "in", KEY, root / "out", 2, 16)
+    manifest = ingest_dicom(root / "in", KEY, root / "out", 2, 16, source_map=root / "names.tsv")
+    assert json.loads((root / "out" / "manifest.json").read_text()) == manifest
     quarantine = pq.read_table(root / "out" / "quarantine.parquet").to_pylist()
+    manifest, quarantine = plain(manifest, quarantine, root / "names.tsv", root / "in")
     return files, manifest, quarantine, root
 
 
 def test_every_file_ingests_or_is_quarantined_with_a_precise_reason(corpus):
-    files, manifest, quarantine, root = corpus
+    files, manifest, quarantine, _ = corpus
     assert len(files) > 200 and any(name.startswith("data_store/") for name in files)  # pydicom-data too
     refused = {row["source"]: row["reason"] for row in quarantine}
     assert len(refused) == len(quarantine)  # each refused file once
     assert manifest["records_in"] == len(files) == manifest["records_out"] + manifest["records_quarantined"]
     assert manifest["records_quarantined"] == len(refused) and set(refused) <= set(files)
-    assert json.loads((root / "out" / "manifest.json").read_text()) == manifest
     assert set(manifest["inputs"]) == set(files)
     for source, reason in refused.items():
         assert any(re.fullmatch(pattern, reason) for pattern in PRECISE_REASONS), (source, reason)

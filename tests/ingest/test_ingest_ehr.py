@@ -14,12 +14,14 @@ import pytest
 from ingest_ehr import main
 from mmhealth.core.parquet_io import read_metadata, read_tables
 from mmhealth.core.pseudonym import date_shift_days, subject_pseudonym
+from mmhealth.ingest import common
 from mmhealth.ingest.dicom import ingest_dicom
 from mmhealth.ingest.ehr import MEDS_SCHEMA, EhrInputError, ingest_ehr
 from mmhealth.ingest.ehr_scrub import date_variants
 from mmhealth.ingest.fasta import ingest_fasta
 
 KEY = b"e" * 64
+MIN_SHIFT = common.privacy_params().min_date_shift_days  # the schema's default
 PATIENTS = ("patient_id,name,sex,birth_date,address\n"
             "00042,Janet Doe,F,1956-03-14,7 Elm Road\n"
             "042,John Smith,M,1970-01-02,\n")
@@ -41,10 +43,11 @@ def tables(tmp_path: Path, *specs: dict) -> list[dict]:
     return [{**spec, "path": str(tmp_path / spec["path"])} for spec in specs]
 
 
-def run(tmp_path: Path, table_specs: list[dict], shards: int = 2) -> tuple[dict, pd.DataFrame, list[dict]]:
+def run(tmp_path: Path, table_specs: list[dict], shards: int = 2,
+        privacy: common.PrivacyParams | None = None) -> tuple[dict, pd.DataFrame, list[dict]]:
     """Ingest; check the output contract; return manifest, events (pandas) and quarantine rows."""
     out = tmp_path / "out"
-    manifest = ingest_ehr(table_specs, KEY, out, shards)
+    manifest = ingest_ehr(table_specs, KEY, out, shards, privacy)
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["records_in"] == manifest["records_out"] + manifest["records_quarantined"]
     parts = [out / f"part-{k}.parquet" for k in range(shards)]
@@ -67,7 +70,7 @@ def test_tables_become_sorted_shifted_meds_events(tmp_path):
     assert (manifest["records_in"], manifest["records_out"], quarantine) == (5, 5, [])
     janet, john = subject_pseudonym("00042", KEY), subject_pseudonym("042", KEY)  # leading zeros kept
     assert janet != john
-    shift = pd.Timedelta(days=date_shift_days(janet, KEY))
+    shift = pd.Timedelta(days=date_shift_days(janet, KEY, MIN_SHIFT))
     mine = events[events.subject_id == janet].reset_index(drop=True)
     assert mine.code.tolist() == ["SEX//F", "MEDS_BIRTH", "LAB//HB", "LAB//GLUCOSE"]
     assert pd.isna(mine.time[0])  # static events first
@@ -94,7 +97,7 @@ def test_bad_rows_are_quarantined_with_their_file_line(tmp_path):
     vitals = {"path": "vitals.csv", "subject_id": "pid", "time": "when", "time_format": "%d/%m/%Y %H:%M",
               "events": [{"code": "VITAL//HR", "numeric_value": "hr"}]}
     manifest, events, quarantine = run(tmp_path, tables(tmp_path, LABS_TABLE, vitals))
-    labs = str(tmp_path / "labs.csv")
+    labs = common.SourceNames(KEY).name(str(tmp_path / "labs.csv"))  # keyed names, never the path
     expected = [
         (labs, "line 4", "missing subject id in column 'patient_id'"),
         (labs, "line 5", "unparseable time in column 'charttime' (expected ISO 8601)"),
@@ -105,14 +108,14 @@ def test_bad_rows_are_quarantined_with_their_file_line(tmp_path):
         (labs, "line 11", "unparseable time in column 'charttime' (expected ISO 8601); "
                           "unparseable numeric_value in column 'value'; "
                           "empty value in column 'test' for code 'LAB//{test}'"),
-        (str(tmp_path / "vitals.csv"), "line 3",
+        (common.SourceNames(KEY).name(str(tmp_path / "vitals.csv")), "line 3",
          "unparseable time in column 'when' (expected '%d/%m/%Y %H:%M')"),
     ]
     assert [(q["source"], q["locator"], q["reason"]) for q in quarantine] == expected
     assert (manifest["records_in"], manifest["records_out"], manifest["records_quarantined"]) == (11, 3, 8)
     assert sorted(events.code) == ["LAB//GLUCOSE", "LAB//HB", "VITAL//HR"]
     vital = events[events.code == "VITAL//HR"].iloc[0]
-    shift = pd.Timedelta(days=date_shift_days(subject_pseudonym("2", KEY), KEY))
+    shift = pd.Timedelta(days=date_shift_days(subject_pseudonym("2", KEY), KEY, MIN_SHIFT))
     assert vital.time == pd.Timestamp("2020-02-01 10:00") + shift  # day first, as time_format says
 
 
@@ -137,12 +140,16 @@ def test_notes_are_scrubbed_of_the_subjects_own_identifiers(tmp_path):
           '00042,2020-01-01,"Janet Doe (DOB 14/03/1956; 1956-03-14; 19560314; March 14, 1956; mar 14 1956)\n'
           'MRN 00042, seen with JANET. Doesn\'t smoke. Lives at 7 elm  road. Met Dr. Smith, 042."\n'
           "042,2020-01-01,\n")
-    _, events, _ = run(tmp_path, tables(tmp_path, PATIENTS_TABLE, NOTES_TABLE))
+    only_own = common.privacy_params('{"scrub_notes": "identifiers"}')
+    _, events, _ = run(tmp_path, tables(tmp_path, PATIENTS_TABLE, NOTES_TABLE), privacy=only_own)
     notes = events[events.code == "NOTE"].set_index("subject_id").text_value
     assert notes[subject_pseudonym("00042", KEY)] == (
-        "[REDACTED] (DOB [REDACTED]; [REDACTED]; [REDACTED]; [REDACTED]; [REDACTED])\n"
-        "MRN [REDACTED], seen with [REDACTED]. Doesn't smoke. Lives at [REDACTED]. Met Dr. Smith, 042.")
+        "[NAME] (DOB [DATE]; [DATE]; [DATE]; [DATE]; [DATE])\n"
+        "MRN [ID], seen with [NAME]. Doesn't smoke. Lives at [ADDRESS]. Met Dr. Smith, 042.")
     assert pd.isna(notes[subject_pseudonym("042", KEY)])  # an empty note is a null text_value
+    _, events, _ = run(tmp_path, tables(tmp_path, PATIENTS_TABLE, NOTES_TABLE))  # the default: patterns too
+    notes = events[events.code == "NOTE"].set_index("subject_id").text_value
+    assert notes[subject_pseudonym("00042", KEY)].endswith("Lives at [ADDRESS]. Met Dr. [NAME], 042.")
 
 
 def test_date_variants_cover_common_spellings():
@@ -164,7 +171,8 @@ def test_cli_outputs_and_logs_hold_no_raw_identifier(tmp_path, caplog):
     for k in range(2):
         main(["--tables-json", json.dumps(staged[k]), "--shard", str(k), "--shards", "2", "--salt-file",
               str(tmp_path / "salt"), "--out-part", str(out / f"part-{k}.parquet"),
-              "--quarantine", str(out / f"quarantine-{k}.parquet"), "--manifest", str(out / f"manifest-{k}.json")])
+              "--quarantine", str(out / f"quarantine-{k}.parquet"), "--manifest", str(out / f"manifest-{k}.json"),
+              "--source-map", str(tmp_path / "staging" / f"names-{k}.tsv")])
     manifests = [json.loads((out / f"manifest-{k}.json").read_text()) for k in range(2)]
     assert sum(m["records_in"] for m in manifests) == 4 and sum(m["records_quarantined"] for m in manifests) == 1
     assert {m["meds_version"] for m in manifests} == {"0.4.1"}
@@ -177,8 +185,11 @@ def test_cli_outputs_and_logs_hold_no_raw_identifier(tmp_path, caplog):
     for secret in [*long_secrets, "Doe", "Zed", "Quux", "Elm"]:
         assert not any(secret in text for text in decoded), secret
     refused = [row for k in range(2) for row in pq.read_table(out / f"quarantine-{k}.parquet").to_pylist()]
-    assert refused == [{"source": str(tmp_path / "patients.csv"), "locator": "line 4",
-                        "reason": "unparseable time in column 'birth_date' (expected ISO 8601)"}]
+    assert refused == [{"source": common.SourceNames(b"s" * 64).name(str(tmp_path / "patients.csv")),
+                        "locator": "line 4", "reason": "unparseable time in column 'birth_date' (expected ISO 8601)"}]
+    names = common.read_source_maps((tmp_path / "staging").iterdir())  # the operator's way back
+    assert names[refused[0]["source"]] == str(tmp_path / "patients.csv")
+    assert not any(str(tmp_path) in text for text in [*raw_bytes, *decoded])  # no input path under results
 
 
 def test_same_raw_id_gives_one_subject_id_across_modalities(tmp_path):

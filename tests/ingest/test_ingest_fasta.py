@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_ingest_dicom import plain
 
 from ingest_fasta import main
 from mmhealth.core.parquet_io import read_metadata, read_tables
@@ -40,7 +41,7 @@ def run(tmp_path: Path, shards: int = 2, **kwargs) -> tuple[dict, list[dict], li
     """Ingest tmp_path/in; check the output contract; return manifest, window rows, quarantine rows."""
     out = tmp_path / "out"
     params = {"window": 8, "stride": 8, "max_n_fraction": 0.5, "n_policy": "drop", **kwargs}
-    manifest = ingest_fasta(tmp_path / "in", KEY, out, shards, REGEX, **params)
+    manifest = ingest_fasta(tmp_path / "in", KEY, out, shards, REGEX, **params, source_map=tmp_path / "names.tsv")
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["records_in"] == manifest["records_out"] + manifest["records_quarantined"]
     parts = [out / f"part-{k}.parquet" for k in range(shards)]
@@ -50,7 +51,9 @@ def run(tmp_path: Path, shards: int = 2, **kwargs) -> tuple[dict, list[dict], li
                                                   **params}
     for k, part in enumerate(parts):
         assert all(s % shards == k for s in pq.read_table(part).column("subject_id").to_pylist())
-    return manifest, table.to_pylist(), pq.read_table(out / "quarantine.parquet").to_pylist()
+    manifest, quarantine = plain(manifest, pq.read_table(out / "quarantine.parquet").to_pylist(),
+                                 tmp_path / "names.tsv", tmp_path / "in")
+    return manifest, table.to_pylist(), quarantine
 
 
 def test_windows_keep_last_partial_window_of_at_least_half():

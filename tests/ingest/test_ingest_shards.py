@@ -93,7 +93,7 @@ def run_shards(modality: str, raw: Path, out: Path) -> tuple[list[dict], list[Pa
     for k in range(SHARDS):
         common_args = ["--shard", str(k), "--shards", str(SHARDS), "--salt-file", str(out / "salt"),
                        "--out-part", str(out / f"part-{k}.parquet"), "--quarantine", str(out / f"q-{k}.parquet"),
-                       "--manifest", str(out / f"m-{k}.json")]
+                       "--manifest", str(out / f"m-{k}.json"), "--source-map", str(out / "names" / f"shard-{k}.tsv")]
         if modality == "image":
             files = [str(p) for p in common.list_input_files(raw / "dicom")]
             dicom_entry.main(["--input", str(raw / "dicom"), "--files", *files, *common_args, "--image-size", "8"])
@@ -146,7 +146,10 @@ def test_shard_jobs_and_merge_equal_one_whole_run(raw, tmp_path, modality):
 def test_subjectless_records_are_counted_by_their_files_owner_only(raw, tmp_path):
     manifests, _ = run_shards("image", raw, tmp_path)
     owner = common.unassigned_shard("orphan.dcm", SHARDS)
-    quarantines = [pq.read_table(tmp_path / f"q-{k}.parquet").to_pylist() for k in range(SHARDS)]
+    # each job's own map in staging turns the keyed names back into paths
+    names = common.read_source_maps(sorted((tmp_path / "names").iterdir()))
+    quarantines = [[{**r, "source": names[r["source"]]} for r in pq.read_table(tmp_path / f"q-{k}.parquet").to_pylist()]
+                   for k in range(SHARDS)]
     holders = [k for k, rows in enumerate(quarantines) if any(r["source"] == "orphan.dcm" for r in rows)]
     assert holders == [owner]
     # a series spanning two patients of two shards: each job refuses its own patient's file
@@ -186,7 +189,8 @@ def test_shard_job_refuses_rows_of_another_shard(tmp_path):
     rows = pa.table({"subject_id": pa.array([even], pa.int64())})
     with pytest.raises(RuntimeError, match="1 rows of other shards in the output of shard 1"):
         common.write_shard_outputs(tmp_path / "p.parquet", tmp_path / "q.parquet", tmp_path / "m.json", "dna",
-                                   rows, job, [], common.RecordCounts(), {}, {})
+                                   rows, job, [], common.RecordCounts(), {}, {},
+                                   names=common.SourceNames(b"k" * 32))
     assert not (tmp_path / "p.parquet").exists()
     with pytest.raises(ValueError, match=r"shard must be within 0\.\.shards-1"):
         common.ShardJob(2, 2)

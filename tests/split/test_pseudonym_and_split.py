@@ -60,8 +60,9 @@ def test_record_pseudonyms_in_bulk_equal_one_by_one(key):
 
 def test_date_shift_is_bounded_and_per_subject():
     key = b"k" * 64
-    shifts = {pseudonym.date_shift_days(s, key) for s in range(500)}
+    shifts = {pseudonym.date_shift_days(s, key, 30) for s in range(500)}
     assert max(shifts) <= 365 and min(shifts) >= -365 and len(shifts) > 100
+    assert min(abs(d) for d in shifts) >= 30 and min(shifts) < 0 < max(shifts)
 
 
 def test_split_fractions_and_stability():

@@ -13,6 +13,8 @@ rule ingest_dicom:
     params:
         root=raw_root("dicom"),
         salt=config["privacy"]["salt_file"],
+        privacy=privacy_json,
+        source_map=source_map("image"),
         shard=shard_number,
         shards=config["shards"],
         image_size=config["ingest"]["dicom"]["image_size"],
@@ -29,7 +31,8 @@ rule ingest_dicom:
     shell:
         "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {params.shard}"
         " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
-        " --quarantine {output.quarantine:q} --manifest {output.manifest:q} --image-size {params.image_size}"
+        " --quarantine {output.quarantine:q} --manifest {output.manifest:q}"
+        " --privacy-json {params.privacy:q} --source-map {params.source_map:q} --image-size {params.image_size}"
         " > {log:q} 2>&1"
 
 
@@ -44,6 +47,8 @@ rule ingest_fasta:
     params:
         root=raw_root("fasta"),
         salt=config["privacy"]["salt_file"],
+        privacy=privacy_json,
+        source_map=source_map("dna"),
         shard=shard_number,
         shards=config["shards"],
         regex=config["inputs"]["fasta_subject_regex"],
@@ -64,7 +69,8 @@ rule ingest_fasta:
     shell:
         "python {input.code[0]:q} --input {params.root:q} --files {input.raw:q} --shard {params.shard}"
         " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
-        " --quarantine {output.quarantine:q} --manifest {output.manifest:q} --subject-regex {params.regex:q}"
+        " --quarantine {output.quarantine:q} --manifest {output.manifest:q}"
+        " --privacy-json {params.privacy:q} --source-map {params.source_map:q} --subject-regex {params.regex:q}"
         " --window {params.window} --stride {params.stride} --max-n-fraction {params.max_n}"
         " --n-policy {params.n_policy} > {log:q} 2>&1"
 
@@ -80,6 +86,8 @@ rule ingest_ehr:
     params:
         tables=ehr_shard_tables_json,
         salt=config["privacy"]["salt_file"],
+        privacy=privacy_json,
+        source_map=source_map("ehr"),
         shard=shard_number,
         shards=config["shards"],
     log:
@@ -95,7 +103,8 @@ rule ingest_ehr:
     shell:
         "python {input.code[0]:q} --tables-json {params.tables:q} --shard {params.shard}"
         " --shards {params.shards} --salt-file {params.salt:q} --out-part {output.part:q}"
-        " --quarantine {output.quarantine:q} --manifest {output.manifest:q} > {log:q} 2>&1"
+        " --quarantine {output.quarantine:q} --manifest {output.manifest:q}"
+        " --privacy-json {params.privacy:q} --source-map {params.source_map:q} > {log:q} 2>&1"
 
 
 rule ingest_manifest:

@@ -17,6 +17,22 @@ def shard_number(wildcards):
     return wildcards.shard
 
 
+def privacy_json(wildcards):
+    return as_json(config["privacy"])
+
+
+def source_map(modality):
+    """Where an ingest job writes its input-name -> path map: the staging folder beside the raw data (never
+    results), one file per job so parallel shard jobs never write the same file."""
+
+    def path(wildcards):
+        if "batch" in wildcards.keys():
+            return str(Path(config["staging"]) / "predict" / wildcards.batch / "source_names" / f"{modality}.tsv")
+        return str(Path(config["staging"]) / "source_names" / modality / f"shard-{wildcards.shard}.tsv")
+
+    return path
+
+
 def ehr_shard_tables_json(wildcards):
     return as_json(raw_index.staged_tables(config["inputs"]["ehr"], ehr_shard_files(wildcards)))
 

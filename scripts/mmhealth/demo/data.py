@@ -26,7 +26,7 @@ from tqdm import tqdm
 log = logging.getLogger("make_demo_data")
 
 TASKS = ("lesion_ct", "variant_dna", "finding_note", "diabetes_ehr", "composite_risk")
-MANAGED = ("dicom", "fasta", "ehr", "labels", "identifiers.json")  # what a re-run may replace
+MANAGED = ("dicom", "fasta", "ehr", "labels", "identifiers.json", "phi_audit")  # what a re-run may replace
 MOTIF = "GATTACAGATTA"
 TISSUE_HU, LUNG_HU, AIR_HU, NOISE_HU = 40.0, -820.0, -1000.0, 12.0
 RESCALE_INTERCEPT = -1024

@@ -17,17 +17,18 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from mmhealth.core.config import from_config
 from mmhealth.core.parquet_io import read_metadata, write_partitioned, write_table
-from mmhealth.core.pseudonym import shard_of, unassigned_shard
+from mmhealth.core.pseudonym import record_pseudonym, shard_of, unassigned_shard
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,82 @@ class ShardJob:
 
 
 WHOLE_INPUT = ShardJob(0, 1)  # a job that owns every record (the whole-folder functions)
+
+
+@dataclass(frozen=True)
+class PrivacyParams:
+    """config `privacy` as the ingest jobs use it. Build with `from_config` (or `privacy_params`)."""
+
+    SECTION: ClassVar[str] = "privacy"
+    min_date_shift_days: int
+    scrub_notes: str
+
+
+def privacy_params(text: str | None = None) -> PrivacyParams:
+    """The `privacy` section from JSON text (a rule's `--privacy-json`); schema defaults for absent keys."""
+    values = json.loads(text) if text else {}
+    values.pop("salt_file", None)
+    return from_config(PrivacyParams, values)
+
+
+@dataclass(frozen=True)
+class SourceNames:
+    """How an input file is named under results/: `src-` + a keyed hash of its path relative to the input
+    root (file and folder names often hold patient names, ids or UIDs). The hash -> path map of one job is
+    written to `map_path`, in the staging folder beside the raw data, never under results/, so an operator
+    holding it can still find a quarantined file. One map file per job: parallel shard jobs never share one.
+    """
+
+    key: bytes
+    map_path: str | os.PathLike | None = None
+
+    def name(self, source: str) -> str:
+        return "src-" + record_pseudonym(source, self.key, kind="source")[:20]
+
+    def apply(self, quarantine: Iterable[QuarantineRow], inputs: dict[str, str]) -> tuple[
+            list[QuarantineRow], dict[str, str]]:
+        """Quarantine rows and input checksums with every source (also where a reason quotes one) named."""
+        rows = list(quarantine)
+        sources = sorted({*inputs, *(r.source for r in rows)}, key=lambda s: (-len(s), s))
+        names = {source: self.name(source) for source in sources}
+
+        def scrub(reason: str) -> str:
+            for source in sources:  # longest first: 'a/b.dcm' before 'b.dcm'
+                if source in reason:
+                    reason = reason.replace(source, names[source])
+            return reason
+
+        named = [replace(r, source=names[r.source], reason=scrub(r.reason)) for r in rows]
+        if self.map_path is not None:
+            write_source_map({names[s]: s for s in sources}, self.map_path)
+        return named, {names[k]: v for k, v in inputs.items()}
+
+
+def read_source_maps(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """name -> relative path from jobs' source maps (the operator's way back from a quarantine row)."""
+    mapping: dict[str, str] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            name, _, source = line.partition("\t")
+            mapping[name] = source
+    return mapping
+
+
+def unname(text: str, mapping: dict[str, str]) -> str:
+    """`text` (a source or a reason) with every input name replaced by its path from `mapping`."""
+    for name, source in mapping.items():
+        if name in text:
+            text = text.replace(name, source)
+    return text
+
+
+def write_source_map(mapping: dict[str, str], path: str | os.PathLike) -> None:
+    """`name<TAB>relative path` lines, written atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(f"{name}\t{source}\n" for name, source in sorted(mapping.items())))
+    os.replace(tmp, path)
 
 
 def configure_logging() -> None:
@@ -187,11 +264,13 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 def write_ingest_outputs(out_dir: str | os.PathLike, modality: str, table: pa.Table, shards: int,
                          quarantine: Iterable[QuarantineRow], counts: RecordCounts, inputs: dict[str, str],
-                         params: dict[str, Any],
-                         extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write part-<k>.parquet (every k), quarantine.parquet and manifest.json; return the manifest."""
+                         params: dict[str, Any], extra_manifest: dict[str, Any] | None = None, *,
+                         names: SourceNames) -> dict[str, Any]:
+    """Write part-<k>.parquet (every k), quarantine.parquet and manifest.json; return the manifest. Inputs
+    are named by `names` (keyed hashes) in the quarantine and manifest."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
+    quarantine, inputs = names.apply(quarantine, inputs)
     manifest = build_manifest(modality, counts, table.num_rows, inputs, extra_manifest)
     params = {"modality": modality, "shards": shards, **params}
     shard = shard_ids(table.column("subject_id").to_numpy(), shards)
@@ -214,8 +293,11 @@ def log_summary(manifest: dict[str, Any]) -> None:
 def write_shard_outputs(out_part: str | os.PathLike, out_quarantine: str | os.PathLike,
                         out_manifest: str | os.PathLike, modality: str, table: pa.Table, job: ShardJob,
                         quarantine: Iterable[QuarantineRow], counts: RecordCounts, inputs: dict[str, str],
-                        params: dict[str, Any], extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write one shard job's part, quarantine and manifest; refuse rows of another shard (a bug)."""
+                        params: dict[str, Any], extra_manifest: dict[str, Any] | None = None, *,
+                        names: SourceNames) -> dict[str, Any]:
+    """Write one shard job's part, quarantine and manifest; refuse rows of another shard (a bug). Inputs
+    are named by `names` (keyed hashes) in the quarantine and manifest."""
+    quarantine, inputs = names.apply(quarantine, inputs)
     manifest = build_manifest(modality, counts, table.num_rows, inputs,
                               {**(extra_manifest or {}), "shard": job.shard, "shards": job.shards})
     stray = np.flatnonzero(shard_ids(table.column("subject_id").to_numpy(), job.shards) != job.shard)
@@ -291,3 +373,6 @@ def add_shard_arguments(parser: argparse.ArgumentParser, input_help: str, files_
     parser.add_argument("--out-part", required=True, help="results/ingest/<modality>/part-K.parquet")
     parser.add_argument("--quarantine", required=True, help="this shard's quarantine Parquet")
     parser.add_argument("--manifest", required=True, help="this shard's manifest JSON")
+    parser.add_argument("--privacy-json", default=None, help="the config's `privacy` section as JSON text")
+    parser.add_argument("--source-map", default=None,
+                        help="where to write this job's input-name -> path map (staging, never results)")

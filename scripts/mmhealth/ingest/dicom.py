@@ -231,20 +231,23 @@ def _extra(result: DicomResult) -> dict[str, int]:
 
 
 def ingest_dicom(input_dir: str | Path, key: bytes, out_dir: str | Path, shards: int,
-                 image_size: int = 64) -> dict[str, Any]:
-    """Ingest every file under `input_dir`; write part-<k>, quarantine and manifest; return the manifest."""
+                 image_size: int = 64, source_map: str | Path | None = None) -> dict[str, Any]:
+    """Ingest every file under `input_dir`; write part-<k>, quarantine and manifest; return the manifest.
+    Files are named by keyed hashes; `source_map` (staging) receives the hash -> path map."""
     files = common.list_input_files(input_dir)
     result = collect_dicom(input_dir, files, key, common.WHOLE_INPUT, image_size)
     return common.write_ingest_outputs(out_dir, "image", result.columns.table(), shards, result.quarantine,
                                        result.counts, result.inputs, {"image_size": image_size},
-                                       _extra(result))
+                                       _extra(result), names=common.SourceNames(key, source_map))
 
 
 def ingest_dicom_shard(input_dir: str | Path, files: Sequence[str | Path], key: bytes, job: common.ShardJob,
                        out_part: str | Path, out_quarantine: str | Path, out_manifest: str | Path,
-                       image_size: int = 64) -> dict[str, Any]:
-    """One shard job: write only `job`'s subjects (and its unassigned files) to one part; return the manifest."""
+                       image_size: int = 64, source_map: str | Path | None = None) -> dict[str, Any]:
+    """One shard job: write only `job`'s subjects (and its unassigned files) to one part; return the manifest.
+    Files are named by keyed hashes; `source_map` (staging) receives the hash -> path map."""
     result = collect_dicom(input_dir, files, key, job, image_size)
     return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "image", result.columns.table(),
                                       job, result.quarantine, result.counts, result.inputs,
-                                      {"image_size": image_size}, _extra(result))
+                                      {"image_size": image_size}, _extra(result),
+                                      names=common.SourceNames(key, source_map))

@@ -31,6 +31,8 @@ from mmhealth.core.pseudonym import date_shift_days, normalise_raw_id, subject_p
 from mmhealth.ingest import common
 from mmhealth.ingest.ehr_scrub import identifier_terms, scrubbed
 
+SAFE_HARBOR_AGE = 90  # HIPAA Safe Harbor: ages over 89 are reported as one category, 90
+
 log = logging.getLogger("ingest_ehr")
 
 MEDS_SCHEMA = pa.schema([
@@ -219,8 +221,10 @@ class TableResult:
     rows: int
 
 
-def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> TableResult:
+def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]],
+                 privacy: common.PrivacyParams | None = None) -> TableResult:
     """Map one table's rows to events; rows with any problem are refused with their file line."""
+    privacy = privacy or common.privacy_params()
     frame, problems = read_table(spec)
 
     def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
@@ -257,7 +261,7 @@ def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> Ta
         codes[event.code] = code
     ok = ~frame.index.isin(list(problems))
     pseudonyms = {raw: subject_pseudonym(raw, key) for raw in subjects[ok].unique()}
-    shift_days = {raw: date_shift_days(pid, key) for raw, pid in pseudonyms.items()}
+    shift_days = {raw: date_shift_days(pid, key, privacy.min_date_shift_days) for raw, pid in pseudonyms.items()}
     shift = pd.to_timedelta(subjects[ok].map(shift_days), unit="D").astype("timedelta64[us]")
     patterns: dict[str, re.Pattern[str] | None] = {}
     events = []
@@ -266,7 +270,7 @@ def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> Ta
         static = pd.Series(pd.NaT, index=frame.index[ok], dtype="datetime64[us]")
         text: Any = None
         if event.text_value:
-            text = [scrubbed(value, subject, redact, patterns)
+            text = [scrubbed(value, subject, redact, patterns, privacy.scrub_notes == "patterns")
                     for value, subject in zip(frame[event.text_value][ok], subjects[ok], strict=True)]
         events.append(pd.DataFrame({
             "subject_id": subjects[ok].map(pseudonyms).astype("int64"),
@@ -290,50 +294,87 @@ def events_table(frames: list[pd.DataFrame]) -> pa.Table:
     return table.sort_by([("subject_id", "ascending", "at_start"), ("time", "ascending", "at_start")])
 
 
-def collect_events(specs: list[TableSpec], key: bytes) -> tuple[pa.Table, list[common.QuarantineRow],
-                                                                 common.RecordCounts, dict[str, str]]:
-    """Events of every table (MEDS-validated), refused rows, counts and input checksums."""
+def cap_ages(events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """HIPAA Safe Harbor ages: a subject 90 or older at their last event has their birth event moved to
+    exactly 90 years before it, so no age above 90 can be computed from the output; returns the events and
+    the number of subjects moved. Birth and events carry the same date shift, so ages are real ages."""
+    births = events[(events["code"] == BIRTH_CODE) & events["time"].notna()]
+    if births.empty:
+        return events, 0
+    last = events[events["time"].notna()].groupby("subject_id")["time"].max()
+    cap = (last - pd.DateOffset(years=SAFE_HARBOR_AGE)).astype("datetime64[us]")
+    floor = births["subject_id"].map(cap)
+    old = births.index[(births["time"] < floor).to_numpy()]
+    events = events.copy()
+    events.loc[old, "time"] = floor[old]
+    return events, int(events.loc[old, "subject_id"].nunique())
+
+
+def collect_events(specs: list[TableSpec], key: bytes, privacy: common.PrivacyParams | None = None) -> tuple[
+        pa.Table, list[common.QuarantineRow], common.RecordCounts, dict[str, str], int]:
+    """Events of every table (MEDS-validated), refused rows, counts, input checksums and the number of
+    subjects whose age was capped at 90."""
     redact = collect_identifiers(specs)
     counts = common.RecordCounts()
     quarantine: list[common.QuarantineRow] = []
     frames = []
     for spec in specs:
-        result = table_events(spec, key, redact)
+        result = table_events(spec, key, redact, privacy)
         counts.records_in += result.rows
         counts.records_quarantined += len(result.refused)
         counts.records_out += result.rows - len(result.refused)
         quarantine.extend(result.refused)
         frames.append(result.events)
+    frames = [f for f in frames if len(f)]
+    capped = 0
+    if frames:
+        events, capped = cap_ages(pd.concat(frames, ignore_index=True))
+        frames = [events]
     table = events_table(frames)
     validate_meds_events(table)
     # the original table's checksum: every shard job reports the same, so merged manifests agree
     inputs = {spec.path: common.sha256_file(spec.path if Path(spec.path).exists() or not spec.staged
                                             else spec.staged) for spec in specs}
-    return table, quarantine, counts, inputs
+    return table, quarantine, counts, inputs, capped
 
 
-def _params(specs: list[TableSpec]) -> dict[str, Any]:
-    return {"tables": [{k: v for k, v in asdict(spec).items() if k != "staged"} for spec in specs]}
+def _params(specs: list[TableSpec], names: common.SourceNames, privacy: common.PrivacyParams) -> dict[str, Any]:
+    tables = [{k: names.name(v) if k == "path" else v for k, v in asdict(spec).items() if k != "staged"}
+              for spec in specs]
+    return {"tables": tables, "min_date_shift_days": privacy.min_date_shift_days,
+            "scrub_notes": privacy.scrub_notes}
 
 
-def ingest_ehr(tables: list[dict[str, Any]], key: bytes, out_dir: str | Path, shards: int) -> dict[str, Any]:
-    """Ingest the configured tables; write part-<k>, quarantine and manifest; return the manifest."""
-    specs = parse_table_specs(tables)
-    table, quarantine, counts, inputs = collect_events(specs, key)
+def _extra(capped: int) -> dict[str, Any]:
+    return {"meds_version": MEDS_VERSION, "subjects_age_capped_at_90": capped}
+
+
+def ingest_ehr(tables: list[dict[str, Any]], key: bytes, out_dir: str | Path, shards: int,
+               privacy: common.PrivacyParams | None = None, source_map: str | Path | None = None) -> dict[str, Any]:
+    """Ingest the configured tables; write part-<k>, quarantine and manifest; return the manifest. Tables
+    are named by keyed hashes; `source_map` (staging) receives the hash -> path map."""
+    specs, privacy, names = parse_table_specs(tables), privacy or common.privacy_params(), \
+        common.SourceNames(key, source_map)
+    table, quarantine, counts, inputs, capped = collect_events(specs, key, privacy)
     return common.write_ingest_outputs(out_dir, "ehr", table, shards, quarantine, counts, inputs,
-                                       _params(specs), {"meds_version": MEDS_VERSION})
+                                       _params(specs, names, privacy), _extra(capped), names=names)
 
 
 def ingest_ehr_shard(tables: list[dict[str, Any]], key: bytes, job: common.ShardJob, out_part: str | Path,
-                     out_quarantine: str | Path, out_manifest: str | Path) -> dict[str, Any]:
-    """One shard job over the tables' `staged` rows: one part, its quarantine and manifest."""
-    specs = parse_table_specs(tables)
+                     out_quarantine: str | Path, out_manifest: str | Path,
+                     privacy: common.PrivacyParams | None = None,
+                     source_map: str | Path | None = None) -> dict[str, Any]:
+    """One shard job over the tables' `staged` rows: one part, its quarantine and manifest (tables named by
+    keyed hashes; `source_map` in staging receives the hash -> path map)."""
+    specs, privacy, names = parse_table_specs(tables), privacy or common.privacy_params(), \
+        common.SourceNames(key, source_map)
     unstaged = [spec.path for spec in specs if not spec.staged]
     if unstaged:
-        raise EhrInputError(f"{unstaged[0]}: a shard job needs the table's 'staged' CSV")
-    table, quarantine, counts, inputs = collect_events(specs, key)
+        raise EhrInputError(f"{names.name(unstaged[0])}: a shard job needs the table's 'staged' CSV")
+    table, quarantine, counts, inputs, capped = collect_events(specs, key, privacy)
     return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "ehr", table, job, quarantine,
-                                      counts, inputs, _params(specs), {"meds_version": MEDS_VERSION})
+                                      counts, inputs, _params(specs, names, privacy), _extra(capped),
+                                      names=names)
 
 
 def load_tables_json(text_or_path: str) -> list[dict[str, Any]]:

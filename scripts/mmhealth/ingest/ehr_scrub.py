@@ -1,7 +1,14 @@
-"""Scrubbing clinical notes of a subject's own identifiers: names, addresses, numbers and dates as written.
+"""Scrubbing clinical notes: the subject's own identifiers, then PHI patterns, into typed placeholders.
 
-The terms to redact come from the subject's identifier columns (memory only); dates are expanded into
-their common spellings, names and addresses into their parts, so 'Mr. Smith' and '14/03/1956' go too.
+Two passes, both always measured together by benchmarks/scrub.py on a labelled synthetic note set:
+1. Known identifiers: the terms come from the subject's identifier columns (memory only); dates are expanded
+   into their common spellings, names and addresses into their parts, so 'Mr. Smith' and '14/03/1956' go.
+2. Patterns (`ehr_phi`, config `privacy.scrub_notes: patterns`): e-mails, URLs, phone and fax numbers,
+   MRN-like and other ids, street addresses, dates, ages over 89, and names found by their cues (titles,
+   credentials, relations, signature and label lines), each name then removed wherever else the note
+   repeats it. No library is used: the ones that install here need language models or NLTK data that
+   cannot be fetched offline (see README's privacy section for the measured comparison).
+Placeholders are typed (`[NAME]`, `[PHONE]`, `[DATE]`, ...) so the text stays readable to models.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import date, datetime
+
+from mmhealth.ingest.ehr_phi import scrub_phi
 
 REDACTED = "[REDACTED]"
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -77,11 +86,29 @@ def scrub_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(_bounded(t) for t in ordered), re.IGNORECASE) if ordered else None
 
 
+DATE_TERM = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{2,4}|\d{8}|[^\W\d_]{3,}\.? \d{1,2},? \d{4}"
+                       r"|\d{1,2} [^\W\d_]{3,}\.?,? \d{4}")
+
+
+def _placeholder(match: re.Match[str]) -> str:
+    """Typed placeholder of a known identifier as matched: a date spelling, an address, a number, a name."""
+    term = " ".join(match.group().split())
+    if DATE_TERM.fullmatch(term):
+        return "[DATE]"
+    if any(c.isdigit() for c in term):
+        return "[ADDRESS]" if " " in term and any(c.isalpha() for c in term) else "[ID]"
+    return "[NAME]"
+
+
 def scrubbed(text: str, subject: str, redact: dict[str, set[str]],
-              patterns: dict[str, re.Pattern[str] | None]) -> str | None:
+             patterns: dict[str, re.Pattern[str] | None], use_patterns: bool = True) -> str | None:
+    """A note without the subject's known identifiers and (`use_patterns`) without PHI patterns; None if
+    empty. `patterns` caches each subject's compiled identifier pattern between calls."""
     if text == "":
         return None
     if subject not in patterns:
         patterns[subject] = scrub_pattern(redact.get(subject, set()) | raw_id_terms(subject))
     pattern = patterns[subject]
-    return pattern.sub(REDACTED, text) if pattern else text
+    if use_patterns:  # first: an e-mail or a cue ('daughter Anna') must be seen before a name part goes
+        text = scrub_phi(text)
+    return pattern.sub(_placeholder, text) if pattern else text

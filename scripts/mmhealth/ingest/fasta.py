@@ -361,20 +361,23 @@ def _extra(result: FastaResult) -> dict[str, Any]:
 
 def ingest_fasta(input_dir: str | Path, key: bytes, out_dir: str | Path, shards: int, subject_regex: str,
                  window: int = 256, stride: int = 256, max_n_fraction: float = 0.5,
-                 n_policy: str = "drop") -> dict[str, Any]:
-    """Ingest FASTA files under `input_dir`; write part-<k>, quarantine, manifest; return the manifest."""
+                 n_policy: str = "drop", source_map: str | Path | None = None) -> dict[str, Any]:
+    """Ingest FASTA files under `input_dir`; write part-<k>, quarantine, manifest; return the manifest.
+    Files are named by keyed hashes; `source_map` (staging) receives the hash -> path map."""
     params = WindowParams(subject_regex, window, stride, max_n_fraction, n_policy)
     files = common.list_input_files(input_dir, is_fasta)
     result = collect_fasta(input_dir, files, params, key, common.WHOLE_INPUT)
     return common.write_ingest_outputs(out_dir, "dna", result.table, shards, result.quarantine,
-                                       result.counts, result.inputs, asdict(params), _extra(result))
+                                       result.counts, result.inputs, asdict(params), _extra(result),
+                                       names=common.SourceNames(key, source_map))
 
 
 def ingest_fasta_shard(input_dir: str | Path, files: Sequence[str | Path], key: bytes, job: common.ShardJob,
                        params: WindowParams, out_part: str | Path, out_quarantine: str | Path,
-                       out_manifest: str | Path) -> dict[str, Any]:
-    """One shard job: write only `job`'s subjects (and its unassigned records) to one part."""
+                       out_manifest: str | Path, source_map: str | Path | None = None) -> dict[str, Any]:
+    """One shard job: write only `job`'s subjects (and its unassigned records) to one part; files are named
+    by keyed hashes, `source_map` (staging) receives the hash -> path map."""
     result = collect_fasta(input_dir, files, params, key, job)
     return common.write_shard_outputs(out_part, out_quarantine, out_manifest, "dna", result.table,
                                       job, result.quarantine, result.counts, result.inputs, asdict(params),
-                                      _extra(result))
+                                      _extra(result), names=common.SourceNames(key, source_map))
