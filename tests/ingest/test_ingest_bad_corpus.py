@@ -186,7 +186,8 @@ EHR_CASES: dict[str, Expected] = {
     "bad_number": {("labs.csv", "line 6"): "unparseable numeric_value in column 'value'"},
     "number_beyond_float32": {("labs.csv", "line 7"): "unparseable numeric_value in column 'value'"},
     "empty_code_value": {("labs.csv", "line 8"): "empty value in column 'test' for code 'LAB//{test}'"},
-    "not_utf8": {("labs.csv", "line 9"): "not valid UTF-8 in column 'test' (byte 0xD6)"},
+    "not_utf8": {("labs.csv", "line 9"): "not valid UTF-8 in column 'test' (byte 0xD6); if the whole file is in another "
+                                                   "encoding, set the table's encoding"},
     "time_format_mismatch": {("vitals.csv", "line 3"):
                              "unparseable time in column 'when' (expected '%d/%m/%Y %H:%M')"},
 }
