@@ -4,9 +4,12 @@ Each configured table maps its rows to one or more events: `code` is a template 
 (`LAB//{test}`), times are shifted by the subject's keyed date shift, and note text is scrubbed of the
 subject's known identifiers (columns listed under `identifiers`, its raw id, its birth date in common
 formats, see `ehr_scrub`).
-A bad row (including one that is not valid UTF-8) is quarantined with its file line; a bad mapping (missing
-column, unreadable file) fails the job. A shard job reads each table's `staged` CSV (this shard's rows with
-their original line numbers in a last column `__line__`) and reports sources and lines of the original.
+Tables are read by `ehr_csv`, the reader the raw-file index uses too. A bad row (bytes not valid in the
+table's encoding, ragged, unparseable value or time) is quarantined with its file line; a bad mapping
+(missing column, unreadable file) fails the job. A shard job reads each table's `staged` CSV (this shard's
+rows with their original line numbers in a column `__line__`) and reports sources and lines of the original.
+A censored numeric value (`<5`) follows the table's `censored` policy: a bound flagged in the extension column
+`numeric_value_censored` (`<`/`>`), a quarantined row, or text_value.
 Every written part is validated against the MEDS 0.4 data schema of the `meds` package.
 """
 
