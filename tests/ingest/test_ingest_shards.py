@@ -208,3 +208,29 @@ def test_empty_staged_table_still_checks_its_mapped_columns(tmp_path):
     with pytest.raises(ingest_ehr.EhrInputError, match="a shard job needs the table's 'staged' CSV"):
         ingest_ehr.ingest_ehr_shard([{**table, "staged": None}], b"k" * 64, common.ShardJob(0, 2),
                                     tmp_path / "p.parquet", tmp_path / "q.parquet", tmp_path / "m.json")
+
+
+def test_manifest_job_fails_above_the_max_quarantined_fraction(tmp_path):
+    """ingest.max_quarantined_fraction: the merge names modality, counts and top reasons (file names hidden)
+    and the shard quarantines, which Snakemake keeps when it deletes the failed job's outputs."""
+    empty = pa.table({"subject_id": pa.array([], pa.int64())})
+    refused = {0: [common.QuarantineRow("a/IM1.dcm", "file", "missing PatientID"),
+                   common.QuarantineRow("a/IM2.dcm", "file", "pixel data of a/IM2.dcm could not be decoded: X")],
+               1: [common.QuarantineRow("b/IM3.dcm", "file", "missing PatientID")]}
+    for k in range(2):
+        counts = common.RecordCounts(records_in=2, records_out=2 - len(refused[k]),
+                                     records_quarantined=len(refused[k]))
+        common.write_shard_outputs(tmp_path / f"p{k}.parquet", tmp_path / f"q{k}.parquet", tmp_path / f"m{k}.json",
+                                   "image", empty, common.ShardJob(k, 2), refused[k], counts,
+                                   {f"{'ab'[k]}/IM{i}.dcm": "0" for i in range(1, 4)}, {})
+    args = ["--manifests", str(tmp_path / "m0.json"), str(tmp_path / "m1.json"), "--quarantines",
+            str(tmp_path / "q0.parquet"), str(tmp_path / "q1.parquet"), "--out-manifest", str(tmp_path / "m.json"),
+            "--out-quarantine", str(tmp_path / "q.parquet")]
+    ingest_manifest.main([*args, "--max-quarantined-fraction", "0.75"])  # 3 of 4 is not above 0.75
+    with pytest.raises(common.QuarantineLimitError) as error:
+        ingest_manifest.main([*args, "--max-quarantined-fraction", "0.5"])
+    message = str(error.value)
+    assert message.startswith("ingest image: 3 of 4 records quarantined (75.0%), more than "
+                              "ingest.max_quarantined_fraction.image = 0.5. Top reasons: 2 x missing PatientID; "
+                              "1 x pixel data of <file> could not be decoded: X. Every refused record")
+    assert str(tmp_path / "q0.parquet") in message and "IM2" not in message
