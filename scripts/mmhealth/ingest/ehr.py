@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import re
 import string
 from collections import defaultdict
@@ -159,21 +160,22 @@ def read_table(spec: TableSpec, columns: Iterable[str] | None = None) -> tuple[p
             if header.count(column) > 1:
                 raise EhrInputError(f"{path}: column '{column}' ({role}) appears {header.count(column)} times "
                                     "in the header")
-        where = [header.index(column) for column in wanted]
+        pick = operator.itemgetter(*[header.index(column) for column in wanted], 0)  # always a tuple
         lines, cells = [], []
         for number, row in enumerate(rows):
-            lines.append(str(row.line))
-            cells.append([row.cells[i] for i in where])
+            lines.append(row.line)
+            cells.append(pick(row.cells))
             if row.problems:
-                problems[number] = list(row.problems)
+                problems[number] = row.problems
     except ehr_csv.CsvFileError as exc:  # the reader names the staged copy; the user knows the original
         raise EhrInputError(str(exc).replace(str(path), spec.path, 1)) from None
     except OSError as exc:
         raise EhrInputError(f"{path}: cannot read CSV: {type(exc).__name__}: {exc}") from None
-    frame = pd.DataFrame(cells, columns=wanted, dtype=object) if cells else pd.DataFrame(
-        {column: pd.Series([], dtype=object) for column in wanted})
-    frame[LINE_COLUMN] = lines
-    return frame.astype(str), problems
+    by_column = list(zip(*cells, strict=True)) or [()] * (len(wanted) + 1)
+    frame = pd.DataFrame({column: pd.array(values, dtype=str)
+                          for column, values in zip(wanted, by_column[:len(wanted)], strict=True)})
+    frame[LINE_COLUMN] = pd.array([str(n) for n in lines], dtype=str)
+    return frame, problems
 
 
 def row_lines(frame: pd.DataFrame) -> list[str]:

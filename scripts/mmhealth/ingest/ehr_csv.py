@@ -45,7 +45,7 @@ class CsvFileError(Exception):
     """A file that cannot be read as a CSV at all; the message names the file and, where known, the line."""
 
 
-@dataclass
+@dataclass(slots=True)
 class CsvRow:
     """One data row: where it starts in the original file, exactly one cell per header column, problems."""
 
@@ -109,16 +109,13 @@ def _shaped(cells: list[str], width: int) -> tuple[list[str], str | None]:
     return (cells + [""] * (width - len(cells)))[:width], problem
 
 
-class _Lines:
-    """The text's lines, remembering those of the record being read (for the unclosed-quote check)."""
-
-    def __init__(self, text: io.TextIOWrapper) -> None:
-        self.text, self.record = text, []
-
-    def __iter__(self) -> Iterator[str]:
-        for line in self.text:
-            self.record.append(line)
-            yield line
+def _quote_never_closed(path: str | Path, encoding: str, start: int) -> bool:
+    """Whether the record starting at line `start` (the last, spanning several lines up to the end of the
+    file) has an odd number of quotes: a quote opened and never closed, which swallowed the rest."""
+    with _text(path, encoding) as text:
+        # newline="": lines end at LF, CRLF or CR alone, as the csv module counts them
+        quotes = sum(line.count('"') for number, line in enumerate(text, start=1) if number >= start)
+    return quotes % 2 == 1
 
 
 def read_csv(path: str | Path, encoding: str, staged: bool = False,
@@ -135,25 +132,25 @@ def read_csv(path: str | Path, encoding: str, staged: bool = False,
     except CsvFileError as exc:
         raise CsvFileError(f"{path}: {exc}") from None
     text = _text(path, STAGED_ENCODING if staged else encoding)
-    lines = _Lines(text)
-    reader = csv.reader(lines)
+    reader = csv.reader(text)
     try:
         header = next(reader, [])
     except (csv.Error, OSError) as exc:
         text.close()
         raise CsvFileError(f"{path}: cannot read the CSV header: {exc}") from None
-    lines.record = []
     line_at = header.index(LINE_COLUMN) if staged and LINE_COLUMN in header else None
     columns = [c for i, c in enumerate(header) if i != line_at]
     bad = [i for i, name in enumerate(columns) if NOT_DECODED.search(name)]
     if bad:
         text.close()
         byte = ord(NOT_DECODED.search(columns[bad[0]]).group()) - 0xDC00
-        raise CsvFileError(f"{path}: header column {bad[0] + 1} is not valid {encoding_name(encoding)} (byte 0x{byte:02X}); "
-                           "if the file is in another encoding, set the table's encoding (e.g. latin-1, cp1252)")
+        raise CsvFileError(f"{path}: header column {bad[0] + 1} is not valid {encoding_name(encoding)} (byte "
+                           f"0x{byte:02X}); if the file is in another encoding, set the table's encoding (e.g. "
+                           "latin-1, cp1252)")
+    width = len(columns)
 
     def rows() -> Iterator[CsvRow]:
-        previous_end, unclosed = reader.line_num, None
+        previous_end, last_start = reader.line_num, None
         with text:
             while True:
                 try:
@@ -161,24 +158,26 @@ def read_csv(path: str | Path, encoding: str, staged: bool = False,
                 except csv.Error as exc:
                     raise CsvFileError(f"{path}: line {previous_end + 1}: {exc}") from None
                 if cells is None:
-                    if unclosed is not None:
-                        raise CsvFileError(f"{path}: line {unclosed}: a quoted field opened on this row is never "
-                                           "closed (it would swallow the rest of the file)")
-                    return
+                    break
                 start, previous_end = previous_end + 1, reader.line_num
-                record, lines.record = lines.record, []
-                # an odd number of quotes over several lines, up to the end of the file: a quote never closed
-                unclosed = start if len(record) > 1 and sum(line.count('"') for line in record) % 2 else None
+                last_start = start if previous_end > start else None  # a record over several lines
                 if not cells:  # a blank line
                     continue
-                line = start
-                if line_at is not None and line_at < len(cells):
-                    line = int(cells.pop(line_at))
-                shaped, ragged = _shaped(cells, len(columns))
-                problems = [] if ragged is None else [ragged]
-                if any(NOT_DECODED.search(c) for c in shaped):
+                line = int(cells.pop(line_at)) if line_at is not None and line_at < len(cells) else start
+                problems = []
+                shaped = cells
+                if len(cells) != width:
+                    shaped, ragged = _shaped(cells, width)
+                    if ragged:
+                        problems.append(ragged)
+                joined = "".join(shaped)
+                if not joined.isascii() and NOT_DECODED.search(joined):  # surrogates are never ASCII
                     problems += undecodable_problems(shaped, columns, encoding)
                     shaped = [NOT_DECODED.sub("\ufffd", c) for c in shaped]
                 yield CsvRow(line, cells if as_read else shaped, problems)
+        if last_start is not None and _quote_never_closed(path, STAGED_ENCODING if staged else encoding,
+                                                          last_start):
+            raise CsvFileError(f"{path}: line {last_start}: a quoted field opened on this row is never closed "
+                               "(it would swallow the rest of the file)")
 
     return columns, rows()
