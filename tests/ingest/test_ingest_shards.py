@@ -3,7 +3,6 @@ counted by exactly one job (subjects by their shard, subject-less records by `un
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from pathlib import Path
@@ -18,9 +17,9 @@ import ingest_dicom as dicom_entry
 import ingest_ehr as ehr_entry
 import ingest_fasta as fasta_entry
 import ingest_manifest
-from mmhealth.core.pseudonym import normalise_raw_id, shard_of, subject_pseudonym
+from mmhealth.core.pseudonym import shard_of, subject_pseudonym
 from mmhealth.demo.data import generate_demo
-from mmhealth.ingest import common
+from mmhealth.ingest import common, raw_index
 from mmhealth.ingest import dicom as ingest_dicom
 from mmhealth.ingest import ehr as ingest_ehr
 from mmhealth.ingest import fasta as ingest_fasta
@@ -38,28 +37,14 @@ def other_patient() -> str:
 
 
 def stage_tables(tables: list[dict], key: bytes, shards: int, folder: Path) -> list[list[dict]]:
-    """What the workflow's staging step does: each table's rows split by shard (empty subject -> shard 0),
-    bytes kept as they are, with the original 1-based line (header = 1) in a last column __line__."""
+    """What the workflow's staging step does (the raw-file index's own function): each table's rows split by
+    shard (no usable subject -> shard 0), cells as read, the original 1-based line (header = 1) in `__line__`."""
     staged: list[list[dict]] = [[] for _ in range(shards)]
     for number, table in enumerate(tables):
-        with open(table["path"], newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            reader = csv.reader(handle)
-            header = next(reader)
-            column = header.index(table["subject_id"])
-            rows: list[list[list[str]]] = [[] for _ in range(shards)]
-            previous_end = 1
-            for row in reader:
-                start, previous_end = previous_end + 1, reader.line_num
-                if row:
-                    raw = normalise_raw_id(row[column])
-                    k = shard_of(subject_pseudonym(raw, key), shards) if raw else 0
-                    rows[k].append([*row, str(start)])
+        paths = raw_index.stage_ehr_table(table["path"], table["subject_id"], key, shards,
+                                          folder / f"table-{number}", "utf-8")
         for k in range(shards):
-            path = folder / f"shard-{k}" / f"table-{number}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-                csv.writer(handle).writerows([[*header, ingest_ehr.LINE_COLUMN], *rows[k]])
-            staged[k].append({**table, "staged": str(path)})
+            staged[k].append({**table, "staged": str(paths[k])})
     return staged
 
 
