@@ -172,9 +172,10 @@ def read_table(spec: TableSpec, columns: Iterable[str] | None = None) -> tuple[p
     except OSError as exc:
         raise EhrInputError(f"{path}: cannot read CSV: {type(exc).__name__}: {exc}") from None
     by_column = list(zip(*cells, strict=True)) or [()] * (len(wanted) + 1)
-    frame = pd.DataFrame({column: pd.array(values, dtype=str)
+    text = pd.StringDtype("pyarrow", na_value=np.nan)  # what astype(str) gives; from Arrow 3x faster
+    frame = pd.DataFrame({column: pd.Series(pa.array(values, pa.string()), dtype=text)
                           for column, values in zip(wanted, by_column[:len(wanted)], strict=True)})
-    frame[LINE_COLUMN] = pd.array([str(n) for n in lines], dtype=str)
+    frame[LINE_COLUMN] = pd.Series(pa.array(lines, pa.int64()).cast(pa.string()), dtype=text)
     return frame, problems
 
 
