@@ -77,7 +77,10 @@ def encoding_name(encoding: str) -> str:
 def _text(path: str | Path, encoding: str) -> io.TextIOWrapper:
     """The file as text: byte-order mark dropped, undecodable bytes kept as surrogates (never an error)."""
     codec = _codec(encoding)
-    handle = open(path, "rb")  # noqa: SIM115 - handed to the wrapper, which closes it
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - handed to the wrapper, which closes it
+    except OSError as exc:
+        raise CsvFileError(f"{path}: cannot read CSV: {type(exc).__name__}: {exc.strerror}") from None
     start = handle.read(4)
     if start.startswith(UTF16_BOMS) and not codec.name.startswith("utf-16"):
         handle.close()
