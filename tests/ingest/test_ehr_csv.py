@@ -153,3 +153,30 @@ def test_reader_gives_each_row_its_starting_line_and_one_cell_per_column(tmp_pat
     assert header == ["a", "b"]
     assert [(r.line, r.cells, r.problems) for r in rows] == [(2, ["1", "x\ry"], []), (5, ["2", "z"], []),
                                                             (6, ["3", "w"], [])]
+
+
+def test_a_table_edit_reruns_only_the_shards_whose_slice_changed_and_still_merges(tmp_path):
+    """Rows added for one subject rewrite one staged slice; the other shards keep their outputs and their
+    manifests' older checksum of the table, and the merge takes the newest one instead of failing."""
+    spec = table(tmp_path, PATIENTS, patients_csv().encode())
+    salt, staging, jobs = str(tmp_path / "salt"), str(tmp_path / "staging"), tmp_path / "jobs"
+    index = raw_index.build_index({"ehr": [spec]}, salt, SHARDS, staging)
+    key = load_or_create_salt(salt)
+
+    def run_shard(k: int) -> None:
+        ingest_ehr_shard(raw_index.staged_tables([spec], index.ehr[k]), key, common.ShardJob(k, SHARDS),
+                         jobs / f"part-{k}.parquet", jobs / f"q-{k}.parquet", jobs / f"m-{k}.json")
+
+    for k in range(SHARDS):
+        run_shard(k)
+    before = {k: Path(index.ehr[k][0]).read_bytes() for k in range(SHARDS)}
+    (tmp_path / "patients.csv").write_text(patients_csv() + "P0,F\n")  # a second row of P0
+    index = raw_index.build_index({"ehr": [spec]}, salt, SHARDS, staging)
+    changed = [k for k in range(SHARDS) if Path(index.ehr[k][0]).read_bytes() != before[k]]
+    assert changed == [shard_of(subject_pseudonym("P0", key), SHARDS)]
+    run_shard(changed[0])  # what Snakemake re-runs
+    manifest = common.merge_manifests([jobs / f"m-{k}.json" for k in range(SHARDS)],
+                                      [jobs / f"q-{k}.parquet" for k in range(SHARDS)],
+                                      tmp_path / "manifest.json", tmp_path / "quarantine.parquet")
+    assert (manifest["records_in"], manifest["records_out"]) == (10, 10)
+    assert manifest["inputs"] == {spec["path"]: common.sha256_file(spec["path"])}

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STAGE = "ingest"
 QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("locator", pa.string()), ("reason", pa.string())])
 SHARD_COLUMN = "_shard"
+SLICED_MODALITIES = ("ehr",)  # shard jobs read per-shard slices of the inputs (raw_index.stage_ehr_table)
 # How each modality's bulk column is stored (parquet_io.LAYOUTS). Window bases uncompressed: zstd gets
 # random-looking bases to ~2 bits each at 3x the cost of the rest of the FASTA stage, and the tokens written
 # from them downstream take 4 bytes per k-mer anyway. HU pixels as split floats: 4x smaller than raw on CT
@@ -235,7 +236,11 @@ SUMMED_KEYS = ("records_in", "records_out", "records_quarantined", "rows_written
 
 
 def combine_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    """Shard manifests as one: counts (and other numbers) summed, mappings unioned, the rest must agree."""
+    """Shard manifests as one: counts (and other numbers) summed, mappings unioned, the rest must agree.
+
+    Except the checksums of EHR tables: a shard job reads its slice of each table, and a shard whose slice
+    did not change keeps its manifest from an earlier run, with the table's earlier checksum. For those the
+    last manifest given wins (`merge_manifests` gives them oldest first)."""
     if not manifests:
         raise ValueError("no manifests to merge")
     shards = {m.get("shards") for m in manifests}
@@ -254,7 +259,7 @@ def combine_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
                     raise ValueError(f"manifests disagree on {name!r}: {merged[name]!r} vs {value!r}")
             elif isinstance(value, dict):
                 clash = sorted(k for k in value.keys() & merged[name].keys() if value[k] != merged[name][k])
-                if clash:
+                if clash and not (name == "inputs" and merged.get("modality") in SLICED_MODALITIES):
                     raise ValueError(f"manifests disagree on {name}[{clash[0]!r}] (an input changed while "
                                      "the shards ran?)")
                 merged[name].update(value)
@@ -306,7 +311,8 @@ def merge_manifests(manifests: Iterable[str | os.PathLike], quarantines: Iterabl
                     max_quarantined_fraction: float | None = None) -> dict[str, Any]:
     """Merge shard jobs' manifests (re-checking the accounting) and quarantines into one of each; then
     `check_quarantined_fraction` (the shard quarantines it points to survive the failed job's outputs)."""
-    manifest = combine_manifests([json.loads(Path(p).read_text()) for p in manifests])
+    by_age = sorted(manifests, key=lambda p: os.stat(p).st_mtime_ns)  # the newest saw the current tables
+    manifest = combine_manifests([json.loads(Path(p).read_text()) for p in by_age])
     quarantines = list(quarantines)
     tables = [pq.read_table(p).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA) for p in quarantines]
     params = dict(read_metadata(quarantines[0]).get("params", {})) if quarantines else {}
