@@ -180,3 +180,9 @@ def test_a_table_edit_reruns_only_the_shards_whose_slice_changed_and_still_merge
                                       tmp_path / "manifest.json", tmp_path / "quarantine.parquet")
     assert (manifest["records_in"], manifest["records_out"]) == (10, 10)
     assert manifest["inputs"] == {spec["path"]: common.sha256_file(spec["path"])}
+
+
+def test_a_ragged_row_is_refused_for_being_ragged_only(tmp_path):
+    data = b"patient_id,charttime,test,value\nP1,2020-01-01\n"  # its test and time checks would be noise
+    _, _, quarantine = index_and_ingest(tmp_path, [table(tmp_path, LABS, data)])
+    assert quarantine == [("labs.csv", "line 2", "ragged row: 2 fields where the header has 4")]

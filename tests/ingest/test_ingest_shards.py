@@ -215,7 +215,7 @@ def test_manifest_job_fails_above_the_max_quarantined_fraction(tmp_path):
     with pytest.raises(common.QuarantineLimitError) as error:
         ingest_manifest.main([*args, "--max-quarantined-fraction", "0.5"])
     message = str(error.value)
-    assert message.startswith("ingest image: 3 of 4 records quarantined (75.0%), more than "
+    assert message.startswith("ingest image: 3 of 4 records quarantined (75%), more than "
                               "ingest.max_quarantined_fraction.image = 0.5. Top reasons: 2 x missing PatientID; "
                               "1 x pixel data of <file> could not be decoded: X. Every refused record")
     assert str(tmp_path / "q0.parquet") in message and "IM2" not in message

@@ -301,7 +301,7 @@ def check_quarantined_fraction(manifest: dict[str, Any], quarantine: pa.Table, l
     reasons = "; ".join(f"{count} x {reason[:160]}" for reason, count in top_reasons(quarantine, sources))
     listed = ", ".join(map(str, where))
     raise QuarantineLimitError(
-        f"ingest {manifest['modality']}: {refused} of {total} records quarantined ({refused / total:.1%}), more "
+        f"ingest {manifest['modality']}: {refused} of {total} records quarantined ({100 * refused / total:.3g}%), more "
         f"than ingest.max_quarantined_fraction.{manifest['modality']} = {limit:g}. Top reasons: {reasons}. "
         f"Every refused record with its file, row and reason: {listed or 'the quarantine table'}")
 

@@ -261,10 +261,12 @@ class TableResult:
 def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]]) -> TableResult:
     """Map one table's rows to events; rows with any problem are refused with their file line."""
     frame, problems = read_table(spec)
+    # a ragged row's cells are misaligned: its other "problems" would only be noise after the real one
+    ragged = {i for i, reasons in problems.items() if reasons[0].startswith(ehr_csv.RAGGED)}
 
     def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
         for i in np.flatnonzero(np.asarray(mask)):
-            if reason not in problems[i]:
+            if reason not in problems[i] and i not in ragged:
                 problems[i].append(reason)
 
 

@@ -38,6 +38,7 @@ UTF8_BOM = codecs.BOM_UTF8
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 NOT_DECODED = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes the encoding rejects
 STAGED_ENCODING = "utf-8"
+RAGGED = "ragged row"  # how a ragged row's problem starts
 csv.field_size_limit(1 << 30)  # a long clinical note is one cell; the default 128 KiB would stop the read
 
 
@@ -108,7 +109,7 @@ def _shaped(cells: list[str], width: int) -> tuple[list[str], str | None]:
         return cells, None
     if len(cells) > width and not any(c.strip() for c in cells[width:]):
         return cells[:width], None  # a trailing comma: nothing is lost
-    problem = f"ragged row: {len(cells)} fields where the header has {width}"
+    problem = f"{RAGGED}: {len(cells)} fields where the header has {width}"
     return (cells + [""] * (width - len(cells)))[:width], problem
 
 
