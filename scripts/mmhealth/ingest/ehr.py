@@ -152,7 +152,8 @@ def read_table(spec: TableSpec, columns: Iterable[str] | None = None) -> tuple[p
     wanted = list(dict.fromkeys(needed if columns is None else columns))
     problems: dict[int, list[str]] = defaultdict(list)
     try:
-        header, rows = ehr_csv.read_csv(path, spec.encoding or "", staged=bool(spec.staged))
+        header, rows = ehr_csv.read_csv(path, spec.encoding or str(ehr_csv.table_default("encoding")),
+                                        staged=bool(spec.staged))
         for column, role in needed.items():
             if column not in header:
                 raise EhrInputError(f"{path}: column '{column}' ({role}) is missing; "
