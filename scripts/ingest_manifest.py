@@ -15,8 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quarantines", nargs="+", required=True, help="quarantine of every shard job")
     parser.add_argument("--out-manifest", required=True, help="results/ingest/<modality>/manifest.json")
     parser.add_argument("--out-quarantine", required=True, help="results/ingest/<modality>/quarantine.parquet")
+    parser.add_argument("--max-quarantined-fraction", type=float, default=None,
+                        help="fail when more than this fraction of the records was quarantined (config "
+                             "ingest.max_quarantined_fraction.<modality>)")
     args = parser.parse_args(argv)
-    merge_manifests(args.manifests, args.quarantines, args.out_manifest, args.out_quarantine)
+    merge_manifests(args.manifests, args.quarantines, args.out_manifest, args.out_quarantine,
+                    args.max_quarantined_fraction)
 
 
 if __name__ == "__main__":

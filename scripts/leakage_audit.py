@@ -18,8 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dna-parts", nargs="*", default=[], help="results/ingest/dna/part-*.parquet")
     parser.add_argument("--on-leak", choices=ON_LEAK, default="fail", help="fail the job or only warn")
     parser.add_argument("--out", required=True, help="results/splits/audit.json")
+    parser.add_argument("--failed-out", help="results/splits/audit.failed.json: a failed audit's report, kept "
+                        "(Snakemake deletes --out of a failed job); removed when the audit passes")
     args = parser.parse_args(argv)
-    run_audit(args.subjects, args.image_parts, args.dna_parts, args.out, args.on_leak)
+    run_audit(args.subjects, args.image_parts, args.dna_parts, args.out, args.on_leak, args.failed_out)
 
 
 if __name__ == "__main__":

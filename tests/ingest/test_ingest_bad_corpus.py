@@ -103,8 +103,9 @@ DICOM_CASES: dict[str, Callable[[Path], Expected]] = {
                                   "slices disagree on Rows/Columns (8x8, 16x16)"),
     "spacing_disagrees": series_case("1.4", [{"z": 0}, {"z": 5, "spacing": (0.7, 0.7)}],
                                      "slices disagree on PixelSpacing ([0.5, 0.5] vs [0.7, 0.7] mm)"),
-    "duplicate_positions": series_case("1.5", [{"z": 0}, {"z": 5}, {"z": 5}],
-                                       "duplicate slice positions: 1 of 3 slices repeat the position of another"),
+    "duplicate_positions": series_case("1.5", [{"z": 0}, {"z": 5}, {"z": 5, "stored": np.full((8, 8), 7)}],
+                                       "duplicate slice positions: 1.5/IM1 and 1.5/IM2 share a slice position but "
+                                       "not their pixel data"),
     "patients_disagree": series_case("1.6", [{"z": 0}, {"z": 5, "patient_id": "OTHER-PATIENT"}],
                                      "slices of the series disagree on PatientID"),
     "no_order": series_case(
@@ -187,7 +188,8 @@ EHR_CASES: dict[str, Expected] = {
     "bad_number": {("labs.csv", "line 6"): "unparseable numeric_value in column 'value'"},
     "number_beyond_float32": {("labs.csv", "line 7"): "unparseable numeric_value in column 'value'"},
     "empty_code_value": {("labs.csv", "line 8"): "empty value in column 'test' for code 'LAB//{test}'"},
-    "not_utf8": {("labs.csv", "line 9"): "not valid UTF-8 in column 'test' (byte 0xD6)"},
+    "not_utf8": {("labs.csv", "line 9"): "not valid UTF-8 in column 'test' (byte 0xD6); if the whole file is in another "
+                                                   "encoding, set the table's encoding"},
     "time_format_mismatch": {("vitals.csv", "line 3"):
                              "unparseable time in column 'when' (expected '%d/%m/%Y %H:%M')"},
 }

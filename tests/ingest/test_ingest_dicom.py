@@ -338,3 +338,53 @@ def test_banded_resize_equals_the_dense_weight_products(rows, cols, size):
     dense = np.einsum("or,nrc,pc->nop", dicom_pixels.resample_matrix(rows, size), frames,
                       dicom_pixels.resample_matrix(cols, size))
     np.testing.assert_allclose(resize_frames(frames, size), dense, rtol=1e-5, atol=1e-3)
+
+
+def three_slices(tmp_path: Path, series_uid: str = "1.2.20") -> list[Path]:
+    return [ct_slice(tmp_path / "in" / f"IM{i}", series_uid=series_uid, z=5.0 * i, instance=i + 1,
+                     stored=np.arange(64).reshape(8, 8) + 10 * i) for i in range(3)]
+
+
+def test_an_instance_exported_twice_is_kept_once_and_its_copies_quarantined(tmp_path):
+    """PACS exports repeat instances: a byte copy, and the same instance re-encoded (RLE) with another header."""
+    first, middle, _ = three_slices(tmp_path)
+    (tmp_path / "in" / "again").mkdir()
+    shutil.copy(middle, tmp_path / "in" / "again" / "IM1")
+    ds = pydicom.dcmread(first)
+    ds.InstitutionName = "re-exported"
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ds.save_as(tmp_path / "in" / "again" / "IM0.rle")
+    manifest, rows, quarantine = run(tmp_path)
+    assert (manifest["records_in"], manifest["records_out"], manifest["records_quarantined"]) == (5, 3, 2)
+    assert (manifest["series_out"], manifest["series_quarantined"]) == (1, 0)
+    assert [r["position_mm"] for r in rows] == [0.0, 5.0, 10.0]
+    assert [r["hu"][1] for r in rows] == [1 - 1024, 11 - 1024, 21 - 1024]
+    assert reasons(quarantine) == {
+        "again/IM0.rle": "duplicate of IM0 (same SOPInstanceUID and identical pixel data): the image is kept once",
+        "again/IM1": "duplicate of IM1 (same SOPInstanceUID and identical pixel data): the image is kept once"}
+    assert {r["locator"] for r in quarantine} == {f"series {record_pseudonym('1.2.20', KEY, kind='series')}"}
+
+
+def test_a_copy_under_a_new_uid_at_the_same_position_is_kept_once(tmp_path):
+    three_slices(tmp_path)
+    ct_slice(tmp_path / "in" / "IM9", series_uid="1.2.20", z=5.0, instance=9,
+             stored=np.arange(64).reshape(8, 8) + 10)
+    manifest, rows, quarantine = run(tmp_path)
+    assert (manifest["records_out"], len(rows)) == (3, 3)
+    assert reasons(quarantine) == {
+        "IM9": "duplicate of IM1 (same slice position and identical pixel data): the image is kept once"}
+
+
+@pytest.mark.parametrize("same_uid", [True, False], ids=["same_sop_instance_uid", "same_position"])
+def test_conflicting_copies_still_refuse_the_series(tmp_path, same_uid):
+    _, middle, _ = three_slices(tmp_path)
+    uid = pydicom.dcmread(middle).SOPInstanceUID
+    extra = {"SOPInstanceUID": uid} if same_uid else {}
+    ct_slice(tmp_path / "in" / "IM9", series_uid="1.2.20", z=5.0, instance=9,
+             stored=np.arange(64).reshape(8, 8) + 99, **extra)
+    manifest, rows, quarantine = run(tmp_path)
+    assert (manifest["records_in"], manifest["records_quarantined"], rows) == (4, 4, [])
+    reason = ("copies of one instance differ: IM1 and IM9 share a SOPInstanceUID but not their pixel data"
+              if same_uid else
+              "duplicate slice positions: IM1 and IM9 share a slice position but not their pixel data")
+    assert set(reasons(quarantine).values()) == {reason}

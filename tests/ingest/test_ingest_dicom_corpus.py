@@ -33,6 +33,9 @@ PRECISE_REASONS = [  # every reason the stage can give; a generic or empty one f
     r"degenerate ImageOrientationPatient .+", r"slices of the series disagree on PatientID",
     r"slices disagree on (Rows/Columns|PixelSpacing|ImageOrientationPatient).+", r"localizer mixed into .+",
     r"duplicate slice positions: \d+ of \d+ slices repeat the position of another",
+    r"duplicate slice positions: \S+ and \S+ share a slice position but not their pixel data",
+    r"copies of one instance differ: \S+ and \S+ share a SOPInstanceUID but not their pixel data",
+    r"duplicate of \S+ \(same (SOPInstanceUID|slice position) and identical pixel data\): the image is kept once",
     r"(missing slice\(s\)|non-uniform slice spacing): gap of .+ mm between slices \d+ and \d+ .+",
     r"cannot order slices: .+", r"ImagePositionPatient present in some slices only",
     r"pixel data of \S+ could not be decoded: \w+: .+",
@@ -87,8 +90,9 @@ def test_known_files_get_their_expected_outcome(corpus):
     assert refused["data_store/data/emri_small.dcm"] == "missing PatientID"
     assert refused["test_files/waveform_ecg.dcm"] == ("no image pixel module (Rows/Columns missing; "
                                                       "12-lead ECG Waveform Storage)")
-    # the same image in several transfer syntaxes shares one series: refused, never silently merged
-    assert refused["test_files/MR_small.dcm"].startswith("duplicate slice positions: ")
+    # the same image in several transfer syntaxes shares one series; a truncated copy refuses it whole
+    assert refused["test_files/MR_small.dcm"].startswith("pixel data of test_files/MR_truncated.dcm could not be "
+                                                         "decoded: ")
     table = pq.read_table(root / "out" / "part-0.parquet").to_pylist() + \
         pq.read_table(root / "out" / "part-1.parquet").to_pylist()
     ct = subject_pseudonym(pydicom.dcmread(files["test_files/CT_small.dcm"]).PatientID, KEY)

@@ -3,7 +3,6 @@ counted by exactly one job (subjects by their shard, subject-less records by `un
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from pathlib import Path
@@ -18,9 +17,9 @@ import ingest_dicom as dicom_entry
 import ingest_ehr as ehr_entry
 import ingest_fasta as fasta_entry
 import ingest_manifest
-from mmhealth.core.pseudonym import normalise_raw_id, shard_of, subject_pseudonym
+from mmhealth.core.pseudonym import shard_of, subject_pseudonym
 from mmhealth.demo.data import generate_demo
-from mmhealth.ingest import common
+from mmhealth.ingest import common, raw_index
 from mmhealth.ingest import dicom as ingest_dicom
 from mmhealth.ingest import ehr as ingest_ehr
 from mmhealth.ingest import fasta as ingest_fasta
@@ -38,28 +37,14 @@ def other_patient() -> str:
 
 
 def stage_tables(tables: list[dict], key: bytes, shards: int, folder: Path) -> list[list[dict]]:
-    """What the workflow's staging step does: each table's rows split by shard (empty subject -> shard 0),
-    bytes kept as they are, with the original 1-based line (header = 1) in a last column __line__."""
+    """What the workflow's staging step does (the raw-file index's own function): each table's rows split by
+    shard (no usable subject -> shard 0), cells as read, the original 1-based line (header = 1) in `__line__`."""
     staged: list[list[dict]] = [[] for _ in range(shards)]
     for number, table in enumerate(tables):
-        with open(table["path"], newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            reader = csv.reader(handle)
-            header = next(reader)
-            column = header.index(table["subject_id"])
-            rows: list[list[list[str]]] = [[] for _ in range(shards)]
-            previous_end = 1
-            for row in reader:
-                start, previous_end = previous_end + 1, reader.line_num
-                if row:
-                    raw = normalise_raw_id(row[column])
-                    k = shard_of(subject_pseudonym(raw, key), shards) if raw else 0
-                    rows[k].append([*row, str(start)])
+        paths = raw_index.stage_ehr_table(table["path"], table["subject_id"], key, shards,
+                                          folder / f"table-{number}", "utf-8")
         for k in range(shards):
-            path = folder / f"shard-{k}" / f"table-{number}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-                csv.writer(handle).writerows([[*header, ingest_ehr.LINE_COLUMN], *rows[k]])
-            staged[k].append({**table, "staged": str(path)})
+            staged[k].append({**table, "staged": str(paths[k])})
     return staged
 
 
@@ -212,3 +197,30 @@ def test_empty_staged_table_still_checks_its_mapped_columns(tmp_path):
     with pytest.raises(ingest_ehr.EhrInputError, match="a shard job needs the table's 'staged' CSV"):
         ingest_ehr.ingest_ehr_shard([{**table, "staged": None}], b"k" * 64, common.ShardJob(0, 2),
                                     tmp_path / "p.parquet", tmp_path / "q.parquet", tmp_path / "m.json")
+
+
+def test_manifest_job_fails_above_the_max_quarantined_fraction(tmp_path):
+    """ingest.max_quarantined_fraction: the merge names modality, counts and top reasons (file names hidden)
+    and the shard quarantines, which Snakemake keeps when it deletes the failed job's outputs."""
+    empty = pa.table({"subject_id": pa.array([], pa.int64())})
+    refused = {0: [common.QuarantineRow("a/IM1.dcm", "file", "missing PatientID"),
+                   common.QuarantineRow("a/IM2.dcm", "file", "pixel data of a/IM2.dcm could not be decoded: X")],
+               1: [common.QuarantineRow("b/IM3.dcm", "file", "missing PatientID")]}
+    for k in range(2):
+        counts = common.RecordCounts(records_in=2, records_out=2 - len(refused[k]),
+                                     records_quarantined=len(refused[k]))
+        common.write_shard_outputs(tmp_path / f"p{k}.parquet", tmp_path / f"q{k}.parquet", tmp_path / f"m{k}.json",
+                                   "image", empty, common.ShardJob(k, 2), refused[k], counts,
+                                   {f"{'ab'[k]}/IM{i}.dcm": "0" for i in range(1, 4)}, {},
+                                   names=common.SourceNames(b"k" * 32))
+    args = ["--manifests", str(tmp_path / "m0.json"), str(tmp_path / "m1.json"), "--quarantines",
+            str(tmp_path / "q0.parquet"), str(tmp_path / "q1.parquet"), "--out-manifest", str(tmp_path / "m.json"),
+            "--out-quarantine", str(tmp_path / "q.parquet")]
+    ingest_manifest.main([*args, "--max-quarantined-fraction", "0.75"])  # 3 of 4 is not above 0.75
+    with pytest.raises(common.QuarantineLimitError) as error:
+        ingest_manifest.main([*args, "--max-quarantined-fraction", "0.5"])
+    message = str(error.value)
+    assert message.startswith("ingest image: 3 of 4 records quarantined (75%), more than "
+                              "ingest.max_quarantined_fraction.image = 0.5. Top reasons: 2 x missing PatientID; "
+                              "1 x pixel data of <file> could not be decoded: X. Every refused record")
+    assert str(tmp_path / "q0.parquet") in message and "IM2" not in message

@@ -74,7 +74,8 @@ def test_each_kind_of_leak_fails_and_names_the_offenders(tmp_path, splits, serie
     if check == "subjects":  # the subject listed twice, in two splits
         write_table(pa.table({"subject_id": pa.array([*splits, 5], pa.int64()),
                               "split": [*splits.values(), "test"]}), tmp_path / "subjects.parquet", "split")
-    with pytest.raises(LeakageError, match=r"leakage across splits: 1 .* in more than one split; see ") as error:
+    with pytest.raises(LeakageError, match=r"leakage across splits: 1 .* in more than one split; the full "
+                       r"report is in ") as error:
         main(args)
     assert error.value.code != 0
     report = json.loads((tmp_path / "audit.json").read_text())
@@ -92,3 +93,21 @@ def test_warn_mode_writes_the_report_and_exits_cleanly(tmp_path, caplog):
     report = json.loads((tmp_path / "audit.json").read_text())
     assert report["leak"] is True and report["on_leak"] == "warn"
     assert "leakage across splits: 1 identical sequence groups in more than one split" in caplog.text
+
+
+def test_failed_audit_keeps_its_findings_where_snakemake_does_not_delete_them(tmp_path, caplog):
+    """Snakemake deletes a failed job's outputs (audit.json); the report survives in --failed-out and the log."""
+    caplog.set_level(logging.INFO)
+    args = write_inputs(tmp_path, SPLITS, [*CLEAN_SERIES, (3, "s1", 99.0)], CLEAN_RECORDS)
+    failed = tmp_path / "audit.failed.json"
+    with pytest.raises(LeakageError, match=rf"the full report is in {failed}") as error:
+        main([*args, "--failed-out", str(failed)])
+    assert error.value.code != 0
+    (tmp_path / "audit.json").unlink()  # what Snakemake does with the failed job's output
+    report = json.loads(failed.read_text())
+    assert report["leak"] is True and report["records"]["offending_subject_ids"] == [1, 3]
+    assert report["records"]["offending_record_ids"] == ["s1"]
+    assert "leak: records: record id under subjects of several splits: subject_ids [1, 3]; record_ids ['s1']" \
+        in caplog.text
+    main([*write_inputs(tmp_path, SPLITS, CLEAN_SERIES, CLEAN_RECORDS), "--failed-out", str(failed)])
+    assert not failed.exists()  # a passing audit leaves no stale failure behind

@@ -115,6 +115,8 @@ rule ingest_manifest:
     output:
         manifest=result("ingest", "{modality}", "manifest.json"),
         quarantine=result("ingest", "{modality}", "quarantine.parquet"),
+    params:
+        max_fraction=max_quarantined_fraction,
     log:
         log_path("ingest", "{modality}", "manifest"),
     conda:
@@ -125,7 +127,8 @@ rule ingest_manifest:
         runtime=runtime_min(10),
     shell:
         "python {input.code[0]:q} --manifests {input.manifests:q} --quarantines {input.quarantines:q}"
-        " --out-manifest {output.manifest:q} --out-quarantine {output.quarantine:q} > {log:q} 2>&1"
+        " --out-manifest {output.manifest:q} --out-quarantine {output.quarantine:q}"
+        " --max-quarantined-fraction {params.max_fraction} > {log:q} 2>&1"
 
 
 rule ingest:

@@ -45,6 +45,10 @@ def shard_quarantines(wildcards):
     return [shard_quarantine(wildcards.modality, k) for k in SHARDS]
 
 
+def max_quarantined_fraction(wildcards):
+    return config["ingest"]["max_quarantined_fraction"][wildcards.modality]
+
+
 def ingested_parts(wildcards):
     return [p for m in INGESTED for p in ingest_parts(m)]
 

@@ -49,6 +49,11 @@ def audit_report():
     return result("splits", "audit.json")
 
 
+def failed_audit_report():
+    """Not an output: a failed audit's copy of its report, which Snakemake leaves (it deletes audit.json)."""
+    return result("splits", "audit.failed.json")
+
+
 def meds_dataset():
     return result("meds", "metadata", "dataset.json")
 

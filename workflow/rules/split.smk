@@ -55,6 +55,7 @@ rule leakage_audit:
         audit_report(),
     params:
         on_leak=config["audit"]["on_leak"],
+        failed=failed_audit_report(),
     log:
         log_path("split", "audit"),
     conda:
@@ -65,7 +66,8 @@ rule leakage_audit:
         runtime=runtime_min(30),
     shell:
         "python {input.code[0]:q} --subjects {input.subjects:q} --image-parts {input.image:q}"
-        " --dna-parts {input.dna:q} --on-leak {params.on_leak} --out {output:q} > {log:q} 2>&1"
+        " --dna-parts {input.dna:q} --on-leak {params.on_leak} --out {output:q}"
+        " --failed-out {params.failed:q} > {log:q} 2>&1"
 
 
 rule meds_layout:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 STAGE = "ingest"
 QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("locator", pa.string()), ("reason", pa.string())])
 SHARD_COLUMN = "_shard"
+SLICED_MODALITIES = ("ehr",)  # shard jobs read per-shard slices of the inputs (raw_index.stage_ehr_table)
 # How each modality's bulk column is stored (parquet_io.LAYOUTS). Window bases uncompressed: zstd gets
 # random-looking bases to ~2 bits each at 3x the cost of the rest of the FASTA stage, and the tokens written
 # from them downstream take 4 bytes per k-mer anyway. HU pixels as split floats: 4x smaller than raw on CT
@@ -315,7 +318,11 @@ SUMMED_KEYS = ("records_in", "records_out", "records_quarantined", "rows_written
 
 
 def combine_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    """Shard manifests as one: counts (and other numbers) summed, mappings unioned, the rest must agree."""
+    """Shard manifests as one: counts (and other numbers) summed, mappings unioned, the rest must agree.
+
+    Except the checksums of EHR tables: a shard job reads its slice of each table, and a shard whose slice
+    did not change keeps its manifest from an earlier run, with the table's earlier checksum. For those the
+    last manifest given wins (`merge_manifests` gives them oldest first)."""
     if not manifests:
         raise ValueError("no manifests to merge")
     shards = {m.get("shards") for m in manifests}
@@ -334,7 +341,7 @@ def combine_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
                     raise ValueError(f"manifests disagree on {name!r}: {merged[name]!r} vs {value!r}")
             elif isinstance(value, dict):
                 clash = sorted(k for k in value.keys() & merged[name].keys() if value[k] != merged[name][k])
-                if clash:
+                if clash and not (name == "inputs" and merged.get("modality") in SLICED_MODALITIES):
                     raise ValueError(f"manifests disagree on {name}[{clash[0]!r}] (an input changed while "
                                      "the shards ran?)")
                 merged[name].update(value)
@@ -346,10 +353,48 @@ def combine_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
     return build_manifest(merged["modality"], counts, merged.get("rows_written", 0), inputs, extra)
 
 
+class QuarantineLimitError(SystemExit):
+    """Raised (exit status 1) when a modality's quarantined fraction exceeds `ingest.max_quarantined_fraction`."""
+
+
+def top_reasons(table: pa.Table, sources: Iterable[str], n: int = 3) -> list[tuple[str, int]]:
+    """The `n` commonest quarantine reasons with their counts, every input file name in them read `<file>`
+    (file names may be UIDs: they stay in the quarantine table, out of messages and logs)."""
+    counts: dict[str, int] = {}
+    for item in pc.value_counts(table.column("reason")).to_pylist():
+        counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    names = sorted({s for s in sources if s}, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, names))) if names else None
+    merged: dict[str, int] = {}
+    for reason, count in counts.items():
+        general = pattern.sub("<file>", reason) if pattern else reason
+        merged[general] = merged.get(general, 0) + count
+    return sorted(merged.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
+def check_quarantined_fraction(manifest: dict[str, Any], quarantine: pa.Table, limit: float | None,
+                               where: Iterable[str | os.PathLike] = ()) -> None:
+    """QuarantineLimitError naming the modality, the counts, the top reasons and `where` the refused records
+    are listed, when more than `limit` of the modality's records were quarantined (None: no limit)."""
+    total, refused = manifest["records_in"], manifest["records_quarantined"]
+    if limit is None or not total or refused / total <= limit:
+        return
+    sources = [*manifest.get("inputs", {}), *quarantine.column("source").to_pylist()]
+    reasons = "; ".join(f"{count} x {reason[:160]}" for reason, count in top_reasons(quarantine, sources))
+    listed = ", ".join(map(str, where))
+    raise QuarantineLimitError(
+        f"ingest {manifest['modality']}: {refused} of {total} records quarantined ({100 * refused / total:.3g}%), more "
+        f"than ingest.max_quarantined_fraction.{manifest['modality']} = {limit:g}. Top reasons: {reasons}. "
+        f"Every refused record with its file, row and reason: {listed or 'the quarantine table'}")
+
+
 def merge_manifests(manifests: Iterable[str | os.PathLike], quarantines: Iterable[str | os.PathLike],
-                    out_manifest: str | os.PathLike, out_quarantine: str | os.PathLike) -> dict[str, Any]:
-    """Merge shard jobs' manifests (re-checking the accounting) and quarantines into one of each."""
-    manifest = combine_manifests([json.loads(Path(p).read_text()) for p in manifests])
+                    out_manifest: str | os.PathLike, out_quarantine: str | os.PathLike,
+                    max_quarantined_fraction: float | None = None) -> dict[str, Any]:
+    """Merge shard jobs' manifests (re-checking the accounting) and quarantines into one of each; then
+    `check_quarantined_fraction` (the shard quarantines it points to survive the failed job's outputs)."""
+    by_age = sorted(manifests, key=lambda p: os.stat(p).st_mtime_ns)  # the newest saw the current tables
+    manifest = combine_manifests([json.loads(Path(p).read_text()) for p in by_age])
     quarantines = list(quarantines)
     tables = [pq.read_table(p).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA) for p in quarantines]
     params = dict(read_metadata(quarantines[0]).get("params", {})) if quarantines else {}
@@ -358,6 +403,7 @@ def merge_manifests(manifests: Iterable[str | os.PathLike], quarantines: Iterabl
     write_table(table.replace_schema_metadata(None), out_quarantine, STAGE, params)
     write_json(manifest, out_manifest)
     log_summary(manifest)
+    check_quarantined_fraction(manifest, table, max_quarantined_fraction, quarantines)
     return manifest
 
 

@@ -2,14 +2,16 @@
 
 Each file is read once: its bytes are hashed for the manifest, its header parsed up to the pixel data and,
 when its subject belongs to this job's shard, its pixels decoded, mapped through the modality LUT
-(Hounsfield units for CT) and resized. Files are then grouped by SeriesInstanceUID and a series whose slices
-disagree on geometry is refused whole (see `dicom_series`).
+(Hounsfield units for CT) and resized. Files are then grouped by SeriesInstanceUID; copies of one image (the
+same SOPInstanceUID, or the same position, with identical values: an instance exported twice) are kept once
+and the others quarantined as duplicates, while such files with different pixel data refuse the series; a
+series whose slices disagree on geometry is refused whole (see `dicom_series`).
 
 De-identification (DICOM PS3.15 Annex E, basic profile): nothing of a header reaches an output file or a log
 except what follows; every other attribute (names, dates, UIDs other than the series, institution,
 physicians, device, private tags, ...) is never read (`dicom_series.HEADER_ALLOW_LIST` is enforced).
 - PatientID -> `subject_id`, SeriesInstanceUID -> `record_id`: keyed pseudonyms, never the raw values;
-  a file without PatientID is quarantined.
+  a file without PatientID is quarantined. SOPInstanceUID is only compared (copies of one instance).
 - Modality -> `modality`; Rows, Columns, PixelSpacing/ImagerPixelSpacing, ImageOrientationPatient,
   ImagePositionPatient, SliceThickness (or the same from enhanced functional groups) -> the geometry
   columns; InstanceNumber only orders slices without positions.
@@ -41,6 +43,7 @@ from mmhealth.core.pseudonym import record_pseudonym, subject_pseudonym
 from mmhealth.ingest import common
 from mmhealth.ingest.dicom_pixels import FrameResizer, file_values
 from mmhealth.ingest.dicom_series import (
+    DUPLICATE_POSITION_MM,
     RefusedFile,
     RefusedSeries,
     SliceHeader,
@@ -178,10 +181,11 @@ class SeriesCollector:
             try:
                 if len(self.series_patients[uid]) > 1:
                     raise RefusedSeries("slices of the series disagree on PatientID")
-                ordered, positions, spacing = arrange_series(slices)
                 failed = sorted({s.path for s in slices} & self.decode_errors.keys())
                 if failed:
                     raise RefusedSeries(self.decode_errors[failed[0]])
+                kept, copies = self.split_copies(slices)
+                ordered, positions, spacing = arrange_series(kept)
             except RefusedSeries as exc:
                 reason = str(exc)
                 log.warning("refused series %s (%d files): %s", record_id, len(sources),
@@ -192,12 +196,71 @@ class SeriesCollector:
                 result.series_quarantined += self.owns(next(iter(self.series_patients[uid])), sources[0])
                 self.pixels.discard([(s.path, s.frame) for s in slices])
                 continue
+            for copy, reason in copies.items():
+                result.refuse(copy, f"series {record_id}", reason)
+            self.pixels.discard([(s.path, s.frame) for s in slices if s.source in copies])
             hu = np.stack([self.pixels.results.pop((s.path, s.frame)) for s in ordered])
             result.columns.add_series(subject_pseudonym(ordered[0].patient_id, self.key), record_id, ordered,
                                       positions, spacing, hu)
-            result.counts.records_out += len(sources)
+            result.counts.records_out += len(sources) - len(copies)
             result.series_out += 1
         return result
+
+    def file_hu(self, slices: list[SliceHeader]) -> np.ndarray:
+        """The full-resolution values (after the modality LUT) of one file's frames, read again: only files
+        that claim the same image as another are compared, so the common case keeps no pixels."""
+        data = slices[0].path.read_bytes()
+        ds, pixel_offset = parse_file(data, slices[0].path)
+        values, slopes, intercepts = file_values(ds, slices, data, pixel_offset)
+        return np.asarray(values, np.float64) * slopes[:, None, None] + intercepts[:, None, None]
+
+    def split_copies(self, slices: list[SliceHeader]) -> tuple[list[SliceHeader], dict[str, str]]:
+        """The series without copies of an image, and each copy's source -> its quarantine reason. Copies are
+        files holding the same SOPInstanceUID, or single-frame files at the same position, with identical
+        values; the first by source is kept. RefusedSeries when such files differ in their pixel data."""
+        by_file: dict[str, list[SliceHeader]] = defaultdict(list)
+        for s in sorted(slices, key=lambda s: (s.source, s.frame or 0)):
+            by_file[s.source].append(s)
+        copies: dict[str, str] = {}
+        for group in copy_groups(slices):
+            kept = by_file[group[0]]
+            reference = self.file_hu(kept)
+            for source in group[1:]:
+                other = by_file[source]
+                same_uid = bool(kept[0].instance_uid) and kept[0].instance_uid == other[0].instance_uid
+                what = "a SOPInstanceUID" if same_uid else "a slice position"
+                values = self.file_hu(other)
+                if values.shape != reference.shape or not np.array_equal(values, reference):
+                    kind = "copies of one instance differ" if same_uid else "duplicate slice positions"
+                    raise RefusedSeries(f"{kind}: {group[0]} and {source} share {what} but not their pixel data")
+                copies[source] = (f"duplicate of {group[0]} (same {what[2:]} and identical pixel data): "
+                                  "the image is kept once")
+        return [s for s in slices if s.source not in copies], copies
+
+
+def copy_groups(slices: list[SliceHeader]) -> list[list[str]]:
+    """Sources of the files of one series that claim to hold one image (the same SOPInstanceUID, or single-
+    frame files at the same ImagePositionPatient), groups of two or more, each in source order."""
+    parent: dict[str, str] = {}
+
+    def root(source: str) -> str:
+        while parent.setdefault(source, source) != source:
+            source = parent[source]
+        return source
+
+    first: dict[tuple, str] = {}
+    for s in sorted(slices, key=lambda s: s.source):
+        keys = [("uid", s.instance_uid)] if s.instance_uid else []
+        if s.frame is None and s.position is not None:
+            keys.append(("position", *(round(v / DUPLICATE_POSITION_MM) for v in s.position)))
+        for key in keys:
+            a, b = root(first.setdefault(key, s.source)), root(s.source)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for source in sorted({s.source for s in slices}):
+        groups[root(source)].append(source)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def _without_sources(reason: str, sources: list[str]) -> str:

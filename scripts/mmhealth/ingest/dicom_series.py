@@ -3,7 +3,8 @@
 Every header value is read through `header_value`, which only hands out attributes of `HEADER_ALLOW_LIST`
 (the de-identification allow-list documented in `ingest_dicom`). A series is refused whole, never
 silently repaired: mixed patients, sizes or pixel spacings, a localizer mixed in, a minority orientation,
-duplicate positions, a missing slice or spacing that deviates more than 10% from the median.
+duplicate positions, a missing slice or spacing that deviates more than 10% from the median. (Copies of one
+image, kept once before these checks, are found by `dicom.split_copies`.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pydicom.uid import UID
 HEADER_ALLOW_LIST = frozenset({
     # identity, replaced by keyed pseudonyms before anything is written
     "PatientID", "SeriesInstanceUID",
+    # only compared, never written: the same instance exported twice is one image
+    "SOPInstanceUID",
     # what kind of object the file is
     "SOPClassUID", "MediaStorageSOPClassUID", "DirectoryRecordSequence", "Modality", "ImageType",
     "BurnedInAnnotation",
@@ -85,6 +88,7 @@ class SliceHeader:
     position: tuple[float, ...] | None
     pixel_spacing: tuple[float, ...]
     instance_number: int | None
+    instance_uid: str  # SOPInstanceUID ("" when absent): finds copies of one instance; memory only
     thickness: float | None
     localizer: bool
     rescale: tuple[float, float] | None  # enhanced frame's (slope, intercept); None: the file's modality LUT
@@ -301,7 +305,8 @@ def read_slice_headers(ds: Dataset, path: Path, source: str, ids: FileIds | None
              else [str(v).upper() for v in image_type])
     base = {"path": path, "source": source, "patient_id": patient_id, "series_uid": series_uid,
             "modality": modality, "rows": _as_number(rows, "Rows", int), "cols": _as_number(cols, "Columns", int),
-            "instance_number": number(ds, "InstanceNumber", int), "localizer": "LOCALIZER" in kinds}
+            "instance_number": number(ds, "InstanceNumber", int), "localizer": "LOCALIZER" in kinds,
+            "instance_uid": text(ds, "SOPInstanceUID")}
     if not (base["rows"] or 0) > 0 or not (base["cols"] or 0) > 0:
         raise RefusedFile("malformed Rows/Columns")
     frames = number(ds, "NumberOfFrames", int) or 1

@@ -4,9 +4,12 @@ Each configured table maps its rows to one or more events: `code` is a template 
 (`LAB//{test}`), times are shifted by the subject's keyed date shift, and note text is scrubbed of the
 subject's known identifiers (columns listed under `identifiers`, its raw id, its birth date in common
 formats, see `ehr_scrub`).
-A bad row (including one that is not valid UTF-8) is quarantined with its file line; a bad mapping (missing
-column, unreadable file) fails the job. A shard job reads each table's `staged` CSV (this shard's rows with
-their original line numbers in a last column `__line__`) and reports sources and lines of the original.
+Tables are read by `ehr_csv`, the reader the raw-file index uses too. A bad row (bytes not valid in the
+table's encoding, ragged, unparseable value or time) is quarantined with its file line; a bad mapping
+(missing column, unreadable file) fails the job. A shard job reads each table's `staged` CSV (this shard's
+rows with their original line numbers in a column `__line__`) and reports sources and lines of the original.
+A censored numeric value (`<5`) follows the table's `censored` policy: a bound flagged in the extension column
+`numeric_value_censored` (`<`/`>`), a quarantined row, or text_value.
 Every written part is validated against the MEDS 0.4 data schema of the `meds` package.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import re
 import string
 from collections import defaultdict
@@ -28,7 +32,7 @@ import pyarrow as pa
 
 from mmhealth.core.meds import MEDS_VERSION, validate_meds_events
 from mmhealth.core.pseudonym import date_shift_days, normalise_raw_id, subject_pseudonym
-from mmhealth.ingest import common
+from mmhealth.ingest import common, ehr_csv
 from mmhealth.ingest.ehr_scrub import identifier_terms, scrubbed
 
 SAFE_HARBOR_AGE = 90  # HIPAA Safe Harbor: ages over 89 are reported as one category, 90
@@ -38,10 +42,15 @@ log = logging.getLogger("ingest_ehr")
 MEDS_SCHEMA = pa.schema([
     ("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
     ("numeric_value", pa.float32()), ("text_value", pa.string()),
+    # a MEDS extension column: '<' (the true value is at most numeric_value) or '>' (at least); null: exact
+    ("numeric_value_censored", pa.string()),
 ])
 BIRTH_CODE = "MEDS_BIRTH"
-LINE_COLUMN = "__line__"  # original 1-based file line of a staged row
-NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+CENSORED_POLICIES = ("bound", "quarantine", "text")
+# a numeric cell that only bounds the value: an operator, then a plain number (the whole cell)
+CENSORED_VALUE = r"^(?P<op><=|>=|<|>|≤|≥)\s*(?P<number>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)$"
+CENSORED_SIDE = {"<": "<", "<=": "<", "≤": "<", ">": ">", ">=": ">", "≥": ">"}
+LINE_COLUMN = ehr_csv.LINE_COLUMN  # original 1-based file line of a staged row
 
 
 class EhrInputError(Exception):
@@ -68,6 +77,8 @@ class TableSpec:
     time: str | None = None
     time_format: str | None = None
     identifiers: tuple[str, ...] = ()
+    encoding: str | None = None  # filled from the config schema's default by parse_table_specs
+    censored: str | None = None  # bound | quarantine | text; filled like encoding
     staged: str | None = None  # this shard's rows of `path`, with LINE_COLUMN
 
 
@@ -102,6 +113,10 @@ def parse_table_specs(raw_tables: list[dict[str, Any]]) -> list[TableSpec]:
             raise EhrInputError(f"{where}: 'path', 'subject_id' and a non-empty 'events' list are required")
         events = tuple(EventSpec(**_checked_keys(dict(event), EventSpec, f"{where}.events"))
                        for event in raw["events"])
+        for key in ("encoding", "censored"):
+            raw[key] = raw.get(key) or ehr_csv.table_default(key)
+        if raw["censored"] not in CENSORED_POLICIES:
+            raise EhrInputError(f"{where}.censored: {raw['censored']!r} is not one of {list(CENSORED_POLICIES)}")
         spec = TableSpec(**{**raw, "events": events, "identifiers": tuple(raw.get("identifiers") or ())})
         for event in events:
             emitted = {*template_columns(event.code), event.numeric_value, event.text_value} - {None}
@@ -131,57 +146,82 @@ def required_columns(spec: TableSpec) -> dict[str, str]:
 
 def read_table(spec: TableSpec, columns: Iterable[str] | None = None) -> tuple[pd.DataFrame,
                                                                               dict[int, list[str]]]:
-    """The CSV (or its staged rows) as strings (leading zeros kept, empty cells ''), and the rows whose cells
-    are not valid UTF-8 (those cells blanked); EhrInputError names the file and the column."""
+    """The mapped columns (or `columns`) of the CSV or its staged rows as strings (leading zeros kept, empty
+    cells ''), each row's original file line in LINE_COLUMN, and the problems `ehr_csv` found per row
+    (ragged, bytes not valid in the table's encoding); EhrInputError names the file and the column."""
     path = spec.staged or spec.path
-    try:  # object, not arrow strings: a cell may hold surrogate-escaped bytes until it is checked
-        frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8-sig",
-                            encoding_errors="surrogateescape")
-    except Exception as exc:
-        raise EhrInputError(f"{path}: cannot read CSV: {type(exc).__name__}: {exc}") from None
     needed = required_columns(spec)
-    if spec.staged:
-        needed[LINE_COLUMN] = "original line numbers of staged rows"
-    for column, role in needed.items():
-        if column not in frame.columns:
-            raise EhrInputError(f"{path}: column '{column}' ({role}) is missing; "
-                                f"the file has columns {list(frame.columns)}")
-    frame = frame if columns is None else frame[list(dict.fromkeys(columns))]
+    wanted = list(dict.fromkeys(needed if columns is None else columns))
     problems: dict[int, list[str]] = defaultdict(list)
-    for column in frame.columns.drop(LINE_COLUMN, errors="ignore"):
-        bad = frame[column].str.contains(NOT_UTF8).to_numpy(dtype=bool)
-        for i in np.flatnonzero(bad):  # the byte is named, never the cell: it may be part of a name
-            byte = ord(NOT_UTF8.search(frame[column].iat[i]).group()) - 0xDC00
-            problems[i].append(f"not valid UTF-8 in column '{column}' (byte 0x{byte:02X})")
-        if bad.any():  # the row is refused; arrow strings cannot hold the escaped bytes
-            frame.loc[bad, column] = frame.loc[bad, column].str.replace(NOT_UTF8, "\ufffd", regex=True)
-    return frame.astype(str), problems
+    try:
+        header, rows = ehr_csv.read_csv(path, spec.encoding or str(ehr_csv.table_default("encoding")),
+                                        staged=bool(spec.staged))
+        for column, role in needed.items():
+            if column not in header:
+                raise EhrInputError(f"{path}: column '{column}' ({role}) is missing; "
+                                    f"the file has columns {header}")
+            if header.count(column) > 1:
+                raise EhrInputError(f"{path}: column '{column}' ({role}) appears {header.count(column)} times "
+                                    "in the header")
+        pick = operator.itemgetter(*[header.index(column) for column in wanted], 0)  # always a tuple
+        lines, cells = [], []
+        for number, row in enumerate(rows):
+            lines.append(row.line)
+            cells.append(pick(row.cells))
+            if row.problems:
+                problems[number] = row.problems
+    except ehr_csv.CsvFileError as exc:  # the reader names the staged copy; the user knows the original
+        raise EhrInputError(str(exc).replace(str(path), spec.path, 1)) from None
+    except OSError as exc:
+        raise EhrInputError(f"{path}: cannot read CSV: {type(exc).__name__}: {exc}") from None
+    by_column = list(zip(*cells, strict=True)) or [()] * (len(wanted) + 1)
+    text = pd.StringDtype("pyarrow", na_value=np.nan)  # what astype(str) gives; from Arrow 3x faster
+    frame = pd.DataFrame({column: pd.Series(pa.array(values, pa.string()), dtype=text)
+                          for column, values in zip(wanted, by_column[:len(wanted)], strict=True)})
+    frame[LINE_COLUMN] = pd.Series(pa.array(lines, pa.int64()).cast(pa.string()), dtype=text)
+    return frame, problems
 
 
-def row_start_lines(path: str) -> list[int]:
-    """1-based file line where each data row starts (header = line 1), counting quoted newlines and blanks."""
-    import csv  # only needed when a row is refused
-
-    lines, previous_end = [], 1
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.reader(handle)
-        next(reader, None)
-        for row in reader:
-            start = previous_end + 1
-            previous_end = reader.line_num
-            if row:  # pandas skips blank lines too
-                lines.append(start)
-    return lines
+def row_lines(frame: pd.DataFrame) -> list[str]:
+    """Locator of every row: `line N` of the original file."""
+    return [f"line {n}" for n in frame[LINE_COLUMN]]
 
 
-def row_lines(spec: TableSpec, frame: pd.DataFrame) -> list[str]:
-    """Locator of every row: `line N` of the original file, `row N` if lines cannot be matched."""
-    if spec.staged:
-        return [f"line {int(n)}" for n in frame[LINE_COLUMN]]
-    lines = row_start_lines(spec.path)
-    if len(lines) == len(frame):
-        return [f"line {n}" for n in lines]
-    return [f"row {i + 1}" for i in range(len(frame))]
+@dataclass
+class NumericCells:
+    """One numeric_value column read: numbers (NaN where empty or refused), the `<`/`>` side of censored
+    cells kept as bounds (None elsewhere), and censored cells as written for the `text` policy (None
+    elsewhere)."""
+
+    values: pd.Series
+    side: pd.Series
+    text: pd.Series
+
+
+def numeric_cells(cells: pd.Series, policy: str, flag: Any, column: str) -> NumericCells:
+    """Parse a numeric_value column under the table's `censored` policy, flagging the rows it refuses:
+    a censored cell (`<5`, `> 14.0`, `<= 0.1`, `≥2`) is a bound (`bound`), a refused row (`quarantine`) or
+    text (`text`); anything else that is neither empty nor a finite float32 is unparseable."""
+    raw = cells.str.strip()
+    found = raw.str.extract(CENSORED_VALUE)
+    censored = found["op"].notna()
+    number = raw.where(~censored, found["number"])
+    values = pd.to_numeric(number.where(number != ""), errors="coerce").astype("float64")
+    with np.errstate(over="ignore"):  # beyond float32 range is refused below, not warned about
+        finite = np.isfinite(values.to_numpy().astype(np.float32))
+    none = pd.Series(None, index=cells.index, dtype=object)
+    side, text = none, none
+    if policy == "bound":
+        side = found["op"].map(CENSORED_SIDE).astype(object).where(censored, None)
+    elif policy == "quarantine":
+        flag(censored, f"censored numeric_value in column '{column}' (the table's censored policy is quarantine)")
+    else:  # text: the cell as written, no number
+        text = raw.where(censored, None)
+    if policy != "bound":
+        values = values.where(~censored)
+        finite = finite | censored.to_numpy()
+    flag((raw != "") & ~finite, f"unparseable numeric_value in column '{column}'")
+    return NumericCells(values, side, text)
 
 
 def parse_times(raw: pd.Series, time_format: str | None) -> pd.Series:
@@ -226,10 +266,12 @@ def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]],
     """Map one table's rows to events; rows with any problem are refused with their file line."""
     privacy = privacy or common.privacy_params()
     frame, problems = read_table(spec)
+    # a ragged row's cells are misaligned: its other "problems" would only be noise after the real one
+    ragged = {i for i, reasons in problems.items() if reasons[0].startswith(ehr_csv.RAGGED)}
 
     def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
         for i in np.flatnonzero(np.asarray(mask)):
-            if reason not in problems[i]:
+            if reason not in problems[i] and i not in ragged:
                 problems[i].append(reason)
 
 
@@ -245,12 +287,11 @@ def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]],
             flag((raw != "") & times[column].isna(), f"unparseable time in column '{column}' "
                  f"(expected {repr(spec.time_format) if spec.time_format else 'ISO 8601'})")
         if event.numeric_value and event.numeric_value not in numbers:
-            raw = frame[event.numeric_value].str.strip()
-            values = pd.to_numeric(raw.where(raw != ""), errors="coerce").astype("float64")
-            numbers[event.numeric_value] = values
-            with np.errstate(over="ignore"):  # beyond float32 range is refused below, not warned about
-                finite = np.isfinite(values.to_numpy().astype(np.float32))
-            flag((raw != "") & ~finite, f"unparseable numeric_value in column '{event.numeric_value}'")
+            numbers[event.numeric_value] = numeric_cells(frame[event.numeric_value], spec.censored or "", flag,
+                                                         event.numeric_value)
+        if event.numeric_value and event.text_value and spec.censored == "text":
+            flag(numbers[event.numeric_value].text.notna(), f"censored numeric_value in column "
+                 f"'{event.numeric_value}' cannot become text_value: the event maps its own text_value column")
         code = pd.Series("", index=frame.index)
         for literal, column, _, _ in string.Formatter().parse(event.code):
             code = code + literal
@@ -272,13 +313,18 @@ def table_events(spec: TableSpec, key: bytes, redact: dict[str, set[str]],
         if event.text_value:
             text = [scrubbed(value, subject, redact, patterns, privacy.scrub_notes == "patterns")
                     for value, subject in zip(frame[event.text_value][ok], subjects[ok], strict=True)]
+        number = numbers[event.numeric_value] if event.numeric_value else None
+        if number is not None and spec.censored == "text" and not event.text_value:
+            text = number.text[ok]
         events.append(pd.DataFrame({
             "subject_id": subjects[ok].map(pseudonyms).astype("int64"),
             "time": times[column][ok] + shift if column else static,
             "code": codes[event.code][ok],
-            "numeric_value": (numbers[event.numeric_value][ok] if event.numeric_value else np.nan),
-            "text_value": text}).astype({"numeric_value": "float32"}))
-    lines = row_lines(spec, frame) if problems else []
+            "numeric_value": number.values[ok] if number is not None else np.nan,
+            "text_value": text,
+            "numeric_value_censored": number.side[ok] if number is not None else None,
+        }).astype({"numeric_value": "float32"}))
+    lines = row_lines(frame) if problems else []
     refused = [common.QuarantineRow(spec.path, lines[i], "; ".join(reasons))
                for i, reasons in sorted(problems.items())]
     return TableResult(pd.concat(events, ignore_index=True), refused, len(frame))

@@ -21,11 +21,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmhealth.core.pseudonym import load_or_create_salt, shard_of, subject_pseudonym, unassigned_shard
+from mmhealth.core.pseudonym import (
+    load_or_create_salt,
+    normalise_raw_id,
+    shard_of,
+    subject_pseudonym,
+    unassigned_shard,
+)
+from mmhealth.ingest import ehr_csv
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: tables read by ehr_csv (byte-order mark, encoding, ragged rows), __line__ first
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
-LINE_COLUMN = "__line__"
+LINE_COLUMN = ehr_csv.LINE_COLUMN
 
 
 @dataclass
@@ -97,27 +104,43 @@ def _write_if_changed(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def stage_ehr_table(path: str, subject_column: str, key: bytes, shards: int, out_dir: Path) -> list[Path]:
-    """One CSV per shard with the table's header plus __line__ (the row's line in the original file).
+def _subject_shard(cell: str, key: bytes, shards: int) -> int:
+    """Shard of a row's raw subject id; 0 (whose job quarantines the row) when it is empty or undecodable."""
+    subject = normalise_raw_id(cell)
+    if not subject or ehr_csv.NOT_DECODED.search(subject):
+        return 0
+    return shard_of(subject_pseudonym(subject, key), shards)
 
-    Rows without a subject id go to shard 0, whose job quarantines them; a table without the subject
-    column goes whole to shard 0, whose job stops with an error naming the file and column.
+
+def stage_ehr_table(path: str, subject_column: str, key: bytes, shards: int, out_dir: Path,
+                    encoding: str) -> list[Path]:
+    """One UTF-8 CSV per shard: `__line__` (the row's line in the original file), then the row's cells as
+    read by `ehr_csv.read_csv` (ragged rows and undecodable bytes kept, for the shard job to quarantine).
+
+    Rows without a usable subject id go to shard 0, whose job quarantines them; a table without the subject
+    column goes whole to shard 0, whose job stops with an error naming the file and column. A file the
+    reader refuses (unknown encoding, a quote never closed, UTF-16) is copied whole to every shard, whose
+    jobs stop with the reader's error: the index itself never fails on a table's content.
     """
-    buffers = [[] for _ in range(shards)]
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
+    buffers: list[list[list[str]]] = [[] for _ in range(shards)]
+    try:
+        header, rows = ehr_csv.read_csv(path, encoding, as_read=True)
         column = header.index(subject_column) if subject_column in header else None
-        line = reader.line_num + 1
-        for row in reader:
-            subject = row[column].strip() if column is not None and column < len(row) else ""
-            shard = shard_of(subject_pseudonym(subject, key), shards) if subject else 0
-            buffers[shard].append([*row, str(line)])
-            line = reader.line_num + 1
+        for row in rows:
+            cell = row.cells[column] if column is not None and column < len(row.cells) else ""
+            buffers[_subject_shard(cell, key, shards)].append([str(row.line), *row.cells])
+    except ehr_csv.CsvFileError:
+        original = Path(path).read_bytes()
+        staged = []
+        for shard in range(shards):
+            target = out_dir / f"shard-{shard}.csv"
+            _write_if_changed(target, original.decode("utf-8", errors="surrogateescape"))
+            staged.append(target)
+        return staged
     staged = []
-    for shard, rows in enumerate(buffers):
+    for shard, shard_rows in enumerate(buffers):
         target = out_dir / f"shard-{shard}.csv"
-        text = _csv_text([[*header, LINE_COLUMN], *rows])
+        text = _csv_text([[LINE_COLUMN, *header], *shard_rows])
         _write_if_changed(target, text)
         staged.append(target)
     return staged
@@ -188,10 +211,11 @@ def build_index(inputs: dict, salt_file: str, shards: int, staging: str) -> RawI
         out_dir = staging_dir / "ehr" / f"table-{number}"
         stat = _stat(table["path"])
         staged = [out_dir / f"shard-{k}.csv" for k in range(shards)]
+        encoding = table.get("encoding") or ehr_csv.table_default("encoding")
         hit = cache.get("ehr", {}).get(table["path"])
-        if not (hit and hit == [stat, table["subject_id"]] and all(p.exists() for p in staged)):
-            staged = stage_ehr_table(table["path"], table["subject_id"], key, shards, out_dir)
-        fresh["ehr"][table["path"]] = [stat, table["subject_id"]]
+        if not (hit and hit == [stat, table["subject_id"], encoding] and all(p.exists() for p in staged)):
+            staged = stage_ehr_table(table["path"], table["subject_id"], key, shards, out_dir, encoding)
+        fresh["ehr"][table["path"]] = [stat, table["subject_id"], encoding]
         for shard, path in enumerate(staged):
             index.ehr.setdefault(shard, []).append(str(path))
     _write_if_changed(cache_path, json.dumps(fresh, sort_keys=True))

@@ -127,18 +127,52 @@ def leak_message(report: dict[str, Any]) -> str:
     return "leakage across splits: " + ", ".join(parts) + " in more than one split"
 
 
+def offenders(report: dict[str, Any], limit: int = 20) -> list[str]:
+    """One line per check that leaked: its kind of overlap and the first offending pseudonyms."""
+    kinds = {"subjects": "subject listed in several splits", "records": "record id under subjects of several "
+             "splits", "pixel_data": "identical pixel data in several splits", "sequences": "identical sequence "
+             "in several splits"}
+    lines = []
+    for name, kind in kinds.items():
+        block = report[name]
+        if block["in_several_splits"]:
+            subjects = block["offending_subject_ids"]
+            records = block.get("offending_record_ids", [])
+            more = f" (+{len(subjects) - limit} more)" if len(subjects) > limit else ""
+            line = f"{name}: {kind}: subject_ids {subjects[:limit]}{more}"
+            if records:
+                line += f"; record_ids {records[:limit]}" + (f" (+{len(records) - limit} more)"
+                                                             if len(records) > limit else "")
+            lines.append(line)
+    return lines
+
+
 def run_audit(subjects_path: str | os.PathLike, image_parts: Sequence[str | os.PathLike],
-              dna_parts: Sequence[str | os.PathLike], out: str | os.PathLike, on_leak: str = "fail") -> dict:
-    """Write the audit JSON; raise LeakageError (exit 1) on a leak when `on_leak` is 'fail'."""
+              dna_parts: Sequence[str | os.PathLike], out: str | os.PathLike, on_leak: str = "fail",
+              failed_out: str | os.PathLike | None = None) -> dict:
+    """Write the audit JSON; raise LeakageError (exit 1) on a leak when `on_leak` is 'fail'.
+
+    A failing audit also writes its report to `failed_out` (a path Snakemake does not delete with the failed
+    job's outputs) and logs each leaking check with its kind of overlap and pseudonyms, so the findings
+    survive the failure; a passing audit removes a stale `failed_out`.
+    """
     if on_leak not in ON_LEAK:
         raise ValueError(f"on_leak must be one of {ON_LEAK}, got {on_leak!r}")
     report = {"on_leak": on_leak, **audit(subjects_path, image_parts, dna_parts)}
     write_json(report, out)
     if report["leak"]:
         message = leak_message(report)
+        for line in offenders(report):
+            log.warning("leak: %s", line)
         if on_leak == "fail":
-            raise LeakageError(f"{message}; see {out}")
+            where = out
+            if failed_out is not None:
+                write_json(report, failed_out)
+                where = failed_out
+            raise LeakageError(f"{message}; the full report is in {where}")
         log.warning("%s; see %s", message, out)
     else:
+        if failed_out is not None and os.path.exists(failed_out):
+            os.remove(failed_out)
         log.info("leakage audit: no subject, record, pixel data or sequence in more than one split")
     return report

@@ -1,7 +1,9 @@
 """Structured EHR events (MEDS, no text_value) to one time-ordered code sequence per subject.
 
 Each event becomes its code token and, when it has a numeric value, a quantile bin token `Q0`..`Q{n-1}`
-from that code's train-split value distribution. Codes seen fewer than `min_count` times in train become
+from that code's train-split value distribution; a censored value (`numeric_value_censored` `<` or `>`: the
+value is a bound, as in `<5`) adds the token `<` or `>` after its bin, so `LAB//CRP Q0 <` reads "CRP below
+the bound in the lowest bin". Codes seen fewer than `min_count` times in train become
 [UNK]. The vocabulary is a `tokenizers` WordLevel model fed pre-tokenized lists, because codes may hold
 spaces and '//'. When a subject's sequence is too long, the most recent events are kept.
 """
@@ -29,6 +31,8 @@ log = logging.getLogger("tokenize_ehr")
 
 BIN_EDGES_FILE = "numeric_bins.json"  # the name models.TOKENIZER_FILES copies into model folders
 NO_VALUE, NO_EDGES = -1, -2  # bin codes of an event without a value / of a code without fitted edges
+CENSORED_COLUMN = "numeric_value_censored"  # MEDS extension column written by the EHR ingest
+CENSORED_TOKENS = ("<", ">")  # after the bin token of a value that is only a bound
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ def assign_bins(codes: Sequence[str], values: np.ndarray, edges: dict[str, list[
 
 def build_vocab(codes: Sequence[str], params: EhrParams) -> dict[str, int]:
     """Specials, bin tokens, then train codes seen at least min_count times (sorted, for stable ids)."""
-    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *bin_tokens(params.numeric_bins)])}
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *bin_tokens(params.numeric_bins),
+                                                 *CENSORED_TOKENS])}
     counts = pc.value_counts(pa.array(safe_codes(codes), type=pa.string())).to_pylist()
     frequent = sorted(item["values"] for item in counts if item["counts"] >= params.min_count)
     clashes = [code for code in frequent if code in vocab and code != "[UNK]"]
@@ -124,7 +129,7 @@ def fit_tokenizer(train_rows: pa.Table, out_dir: str | os.PathLike, params: EhrP
     """Write the EHR tokenizer folder (WordLevel over codes and bin tokens) and its per-code bin edges."""
     codes = train_rows.column("code").to_pylist()
     vocab = build_vocab(codes, params)
-    n_specials = len(SPECIAL_TOKENS) + params.numeric_bins
+    n_specials = len(SPECIAL_TOKENS) + params.numeric_bins + len(CENSORED_TOKENS)
     edges = fit_bin_edges(safe_codes(codes), _values(train_rows), params.numeric_bins, set(list(vocab)[n_specials:]))
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     # No normaliser or pre-tokenizer: one list element is one code. Sequences start with [CLS], no [SEP].
@@ -166,11 +171,23 @@ def recent_events(event_lengths: Sequence[int], budget: int) -> int:
     return start
 
 
-def subject_words(codes: Sequence[str], bins: np.ndarray, numeric_bins: int, budget: int) -> tuple[list[str], bool]:
-    """One subject's words (code, then its bin token if valued), oldest events dropped to fit; and whether any were."""
+def censored_sides(rows: pa.Table) -> list[str | None]:
+    """`<`, `>` or None per event (None for all when the column is absent: parts written before it existed)."""
+    if CENSORED_COLUMN not in rows.column_names:
+        return [None] * rows.num_rows
+    return rows.column(CENSORED_COLUMN).to_pylist()
+
+
+def subject_words(codes: Sequence[str], bins: np.ndarray, numeric_bins: int, budget: int,
+                  sides: Sequence[str | None] | None = None) -> tuple[list[str], bool]:
+    """One subject's words (code, then its bin token if valued, then `<`/`>` if the value is a bound), oldest
+    events dropped to fit; and whether any were."""
     bin_names = bin_tokens(numeric_bins)
     events = [[code] if b == NO_VALUE else [code, "[UNK]" if b == NO_EDGES else bin_names[b]]
               for code, b in zip(codes, bins.tolist(), strict=True)]
+    for event, side in zip(events, sides or [], strict=False):
+        if side in CENSORED_TOKENS and len(event) == 2:
+            event.append(side)
     start = recent_events([len(event) for event in events], budget)
     return [word for event in events[start:] for word in event], start > 0
 
@@ -181,6 +198,7 @@ def encode_rows(rows: pa.Table, tokenizer_dir: str | os.PathLike, params: EhrPar
     rows = time_ordered(rows)
     codes = safe_codes(rows.column("code").to_pylist())
     bins = assign_bins(codes, _values(rows), edges)
+    sides = censored_sides(rows)
     subject_ids = rows.column("subject_id").to_numpy()
     bounds = np.flatnonzero(np.diff(subject_ids)) + 1
     starts = np.concatenate([[0], bounds]).astype(int) if len(subject_ids) else np.zeros(0, int)
@@ -188,7 +206,8 @@ def encode_rows(rows: pa.Table, tokenizer_dir: str | os.PathLike, params: EhrPar
     sequences, truncated = [], 0
     for start, end in tqdm(zip(starts, ends, strict=True), total=len(starts), desc="ehr subjects",
                            mininterval=10, leave=False):
-        words, cut = subject_words(codes[start:end], bins[start:end], params.numeric_bins, params.max_length - 1)
+        words, cut = subject_words(codes[start:end], bins[start:end], params.numeric_bins, params.max_length - 1,
+                                   sides[start:end])
         sequences.append(words)
         truncated += cut
     encodings = tokenizer.encode_batch(sequences, is_pretokenized=True, add_special_tokens=False)
