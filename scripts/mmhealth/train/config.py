@@ -30,5 +30,6 @@ class FinetuneConfig:
     keep_checkpoint: bool
     log_every: int
     loader_workers: int
+    shuffle_buffer: int
     compile: bool
     tf32: bool

@@ -17,7 +17,7 @@ import torch
 from mmhealth.core.config import from_config
 from mmhealth.core.parquet_io import read_metadata
 from mmhealth.train import checkpoint
-from mmhealth.train.bags import BagData, build_bags, load_modality_rows, read_labels
+from mmhealth.train.bags import Units, build_units, read_labels, read_row_ids
 from mmhealth.train.config import FinetuneConfig
 from mmhealth.train.device import allow_tf32
 from mmhealth.train.distributed import device_for, setup, teardown
@@ -60,7 +60,7 @@ def token_limits(tokenizer_dir: Path, shard: Path) -> tuple[int, int]:
 
 
 def build_classifier(task: str, modalities: list[str], classes: list[str], model_spec: dict,
-                     cfg: FinetuneConfig, inputs: TaskInputs, train: BagData) -> FusionClassifier:
+                     cfg: FinetuneConfig, inputs: TaskInputs, train: Units) -> FusionClassifier:
     init = from_config(EncoderInit, model_spec.get("init"))
     encoders = {}
     for m in modalities:
@@ -73,7 +73,7 @@ def build_classifier(task: str, modalities: list[str], classes: list[str], model
                     raise ValueError(f"tokens of {m} use {vocab} ids but {path} knows "
                                      f"{encoders[m].config.vocab_size}: set tokenize.{m}.tokenizer_path to it")
         elif m == "image":
-            encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.rows[m].image_shape)
+            encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.image_shape)
         else:
             vocab, max_length = token_limits(inputs.tokenizers[m], inputs.shards["train"][m][0])
             encoders[m] = new_encoder(m, init, cfg.dropout, vocab_size=vocab, max_length=max_length)
@@ -123,7 +123,7 @@ medical device; validate on your own population before drawing conclusions. Subj
 
 
 # Settings that change how a run goes but not what it computes: a checkpoint stays valid across them.
-RUN_ONLY_SETTINGS = ("checkpoint_every", "keep_checkpoint", "log_every", "loader_workers")
+RUN_ONLY_SETTINGS = ("checkpoint_every", "keep_checkpoint", "log_every")
 
 
 def run_finetune(task: str, modalities: list[str], inputs: TaskInputs, model_spec: dict, finetune: dict,
@@ -146,8 +146,8 @@ def run_finetune(task: str, modalities: list[str], inputs: TaskInputs, model_spe
     classes = sorted(set(labels.column("label").to_pylist()))
     data = {}
     for split in ("train", "val"):
-        rows = {m: load_modality_rows(inputs.shards[split][m], m) for m in modalities}
-        data[split], dropped = build_bags(read_labels(inputs.labels, split), classes, rows)
+        rows = {m: read_row_ids(inputs.shards[split][m], m) for m in modalities}
+        data[split], dropped = build_units(read_labels(inputs.labels, split), classes, rows, inputs.shards[split])
         log.info("%s: %d units (%d labelled units without any rows)", split, len(data[split]), dropped)
         if len(data[split]) == 0:
             raise ValueError(f"task {task}: no {split} units with data; check labels and inputs")

@@ -13,7 +13,6 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,15 @@ from tqdm import tqdm
 
 from mmhealth.predict.inference import inference_rows, predict_proba
 from mmhealth.train import checkpoint
-from mmhealth.train.bags import BagData, collate
+from mmhealth.train.bags import Units
 from mmhealth.train.config import FinetuneConfig
 from mmhealth.train.device import autocast, compiled, to_device
-from mmhealth.train.distributed import Processes, rank_slice, wrap
+from mmhealth.train.distributed import Processes, wrap
 from mmhealth.train.models import FusionClassifier
+from mmhealth.train.stream import Augment, BagStream, batches_per_rank, loader
 
 log = logging.getLogger("train")
 CALIBRATION_UNITS = 1024  # training units whose fused vectors set the head's batch-norm statistics
-Augment = Callable[[dict, np.random.Generator], None]  # changes a collated training batch in place
 
 
 def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
@@ -51,24 +50,23 @@ def warmup_then_linear(optimizer: torch.optim.Optimizer, total_steps: int) -> to
 
 
 @torch.no_grad()
-def calibrate_norm(model: FusionClassifier, data: BagData, batch_size: int, device: torch.device) -> None:
+def calibrate_norm(model: FusionClassifier, data: Units, batch_size: int, device: torch.device) -> None:
     """Set the head's batch-norm statistics to the mean and variance of the fused vectors of (up to
     CALIBRATION_UNITS of) `data`, computed in eval mode with the rows inference uses ("precise BN")."""
     model.eval()
     units = np.unique(np.linspace(0, len(data) - 1, min(len(data), CALIBRATION_UNITS)).astype(np.int64))
     fused = []
-    for start in range(0, len(units), batch_size):
-        chosen = units[start:start + batch_size]
+    stream = BagStream(data, batch_size, inference_rows(model), train=False, subset=units)
+    for batch in loader(stream, 0, device):
         with autocast(device):
-            fused.append(model.fuse(to_device(collate(data, chosen, inference_rows(model)), device),
-                                    len(chosen)).float())
+            fused.append(model.fuse(to_device(batch, device), batch["units"]).float())
     vectors = torch.cat(fused)
     norm = model.head[0]
     norm.running_mean.copy_(vectors.mean(dim=0))
     norm.running_var.copy_(vectors.var(dim=0) if len(vectors) > 1 else torch.ones_like(norm.running_var))
 
 
-def evaluate_split(model: FusionClassifier, data: BagData, cfg: FinetuneConfig, device: torch.device) -> dict:
+def evaluate_split(model: FusionClassifier, data: Units, cfg: FinetuneConfig, device: torch.device) -> dict:
     prob = predict_proba(model, data, cfg.batch_size, inference_rows(model), device)
     loss = float(-np.log(np.clip(prob[np.arange(len(data)), data.labels], 1e-7, 1)).mean())
     auroc = math.nan
@@ -87,40 +85,11 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
-class TrainBatches(torch.utils.data.Dataset):
-    """Batch b of an epoch: its units collated, rows sampled and augmented with a generator seeded from
-    (seed, rank, epoch, b). The batch is thus fixed by its position, whichever worker builds it and whether
-    or not the run was resumed in between."""
-
-    def __init__(self, data: BagData, order: np.ndarray, cfg: FinetuneConfig, epoch: int, rank: int,
-                 augment: Augment | None, first: int):
-        self.data, self.order, self.cfg, self.epoch, self.rank, self.augment = data, order, cfg, epoch, rank, augment
-        self.first = first
-
-    def __len__(self) -> int:
-        return max(0, math.ceil(len(self.order) / self.cfg.batch_size) - self.first)
-
-    def __getitem__(self, i: int) -> dict:
-        b = self.first + i
-        units = self.order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
-        rng = np.random.default_rng([self.cfg.seed, self.rank, self.epoch, b])
-        batch = collate(self.data, units, self.cfg.max_rows_per_bag, rng)
-        if self.augment is not None:
-            self.augment(batch, rng)
-        batch["units"], batch["index"] = len(units), b
-        return batch
-
-
-def batches(data: BagData, order: np.ndarray, cfg: FinetuneConfig, epoch: int, procs: Processes,
-            augment: Augment | None, first: int, device: torch.device) -> torch.utils.data.DataLoader:
-    """The epoch's batches from `first` on, built by `cfg.loader_workers` processes (0: in this one)."""
-    return torch.utils.data.DataLoader(
-        TrainBatches(data, order, cfg, epoch, procs.rank, augment, first), batch_size=None, shuffle=False,
-        num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.loader_workers else None,
-        # Its own generator: a loader seeds its workers from the global torch RNG otherwise, and a resumed
-        # epoch's loader would then shift the dropout masks of every later step.
-        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+def train_stream(data: Units, cfg: FinetuneConfig, epoch: int, procs: Processes,
+                 augment: Augment | None) -> BagStream:
+    return BagStream(data, cfg.batch_size, cfg.max_rows_per_bag, train=True, seed=cfg.seed, epoch=epoch,
+                     rank=procs.rank, world=procs.world, workers=max(1, cfg.loader_workers),
+                     shuffle_buffer=cfg.shuffle_buffer, augment=augment)
 
 
 def step_flops(model: FusionClassifier, inputs: dict) -> float:
@@ -177,7 +146,7 @@ def resume(folder: Path | None, fingerprint: str, model, optimizer, scheduler) -
     return state
 
 
-def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConfig, device: torch.device,
+def fit(model: FusionClassifier, train: Units, val: Units, cfg: FinetuneConfig, device: torch.device,
         history_path: Path, augment: Augment | None = None, procs: Processes | None = None,
         checkpoints: Path | None = None, fingerprint: str = "") -> dict:
     """Train with early stopping on validation loss; leaves the best epoch's weights in `model`.
@@ -192,7 +161,9 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
     model.to(device)
     trained = compiled(wrap(model, procs), cfg.compile)
     optimizer = optimizer_for(model, cfg)
-    batches_per_epoch = math.ceil(len(rank_slice(np.arange(len(train)), procs)) / cfg.batch_size)
+    # Every rank takes as many batches as the smallest rank has (DDP steps together).
+    batches_per_epoch = batches_per_rank(train, np.arange(len(train)), procs.world, max(1, cfg.loader_workers),
+                                         cfg.batch_size)
     scheduler = warmup_then_linear(optimizer, math.ceil(batches_per_epoch / cfg.grad_accum_steps) * cfg.epochs)
     weight = None
     if cfg.class_weights == "balanced":
@@ -219,15 +190,16 @@ def fit(model: FusionClassifier, train: BagData, val: BagData, cfg: FinetuneConf
             if position["stopped"]:
                 break
             model.train()
-            order = rank_slice(np.random.default_rng([cfg.seed, epoch]).permutation(len(train)), procs)
             first, losses = position["batch"], list(position["losses"])
             started, waited, flops, units_seen = time.perf_counter(), 0.0, 0.0, 0
             window = {"started": started, "waited": 0.0, "flops": 0.0, "units": 0}
-            loader = iter(batches(train, order, cfg, epoch, procs, augment, first, device))
+            batches = iter(loader(train_stream(train, cfg, epoch, procs, augment), cfg.loader_workers, device))
+            for _ in range(first):  # a resumed epoch: the batches already trained on are rebuilt and skipped
+                next(batches)
             for b in tqdm(range(first, batches_per_epoch), desc=f"epoch {epoch}", mininterval=5,
                           disable=not procs.is_main):
                 asked = time.perf_counter()
-                batch = next(loader)
+                batch = next(batches)
                 wait = time.perf_counter() - asked
                 waited, window["waited"] = waited + wait, window["waited"] + wait
                 units = batch["units"]
