@@ -103,6 +103,14 @@ class Units:
     def bag(self, modality: str, unit: int) -> np.ndarray:
         return self.bags[modality].row(unit)
 
+    def first_row(self) -> np.ndarray:
+        """Per unit, its first row number in the first modality it has rows in."""
+        first = np.full(len(self), -1, dtype=np.int64)
+        for flat in self.bags.values():
+            has = (np.diff(flat.offsets) > 0) & (first < 0)
+            first[has] = flat.values[flat.offsets[:-1][has]]
+        return first
+
     def home_file(self) -> np.ndarray:
         """Per unit, the shard file holding its first row (of the first modality it has rows in): units of
         one file go to one loader worker, which then reads that file alone."""
