@@ -92,18 +92,18 @@ def train_stream(data: Units, cfg: FinetuneConfig, epoch: int, procs: Processes,
                      shuffle_buffer=cfg.shuffle_buffer, augment=augment)
 
 
-def step_flops(model: FusionClassifier, inputs: dict) -> float:
+def step_flops(model: FusionClassifier, params: dict[str, int], inputs: dict) -> float:
     """Training FLOPs of a step, 6 x parameters x tokens (or patches) per encoder: the usual estimate
-    for a transformer's forward and backward, attention's sequence-squared term left out."""
+    for a transformer's forward and backward, attention's sequence-squared term left out. `inputs` are
+    the batch's CPU tensors (counting tokens on the GPU would wait for it at every step)."""
     total = 0.0
     for m, rows in inputs.items():
-        params = sum(p.numel() for p in model.encoders[m].parameters())
         if "attention_mask" in rows:
             tokens = float(rows["attention_mask"].sum())
         else:
             patches = model.encoders[m].config.patch_size ** 2
             tokens = rows["pixel_values"].shape[0] * rows["pixel_values"][0, 0].numel() / patches
-        total += 6.0 * params * tokens
+        total += 6.0 * params[m] * tokens
     return total
 
 
@@ -178,9 +178,13 @@ def fit(model: FusionClassifier, train: Units, val: Units, cfg: FinetuneConfig, 
         best = {k: v for k, v in state["best"].items() if k != "stale"}
         stale = state["best"].get("stale", 0)
 
+    encoder_params = {m: sum(p.numel() for p in e.parameters()) for m, e in model.encoders.items()}
+
     def save_state() -> None:
         if checkpoints is not None and procs.is_main:
-            checkpoint.save(checkpoints, training_state(model, optimizer, scheduler, position,
+            # Losses stay on the device until needed: reading each at its step would wait for the GPU.
+            saved = {**position, "losses": [float(x) for x in position["losses"]]}
+            checkpoint.save(checkpoints, training_state(model, optimizer, scheduler, saved,
                                                         {**best, "stale": stale}, best_state, history, fingerprint))
 
     with (history_path if procs.is_main else Path(os.devnull)).open("w") as out:
@@ -212,10 +216,10 @@ def fit(model: FusionClassifier, train: Units, val: Units, cfg: FinetuneConfig, 
                         logits.float(), batch["labels"].to(device, non_blocking=True), weight=weight,
                         label_smoothing=cfg.label_smoothing)
                     (loss / cfg.grad_accum_steps).backward()
-                    losses.append(loss.item())
+                    losses.append(loss.detach())
                     units_seen, window["units"] = units_seen + units, window["units"] + units
                     if device.type == "cuda":
-                        f = step_flops(model, inputs)
+                        f = step_flops(model, encoder_params, batch["inputs"])
                         flops, window["flops"] = flops + f, window["flops"] + f
                 if not last_of_step:
                     continue
@@ -228,7 +232,7 @@ def fit(model: FusionClassifier, train: Units, val: Units, cfg: FinetuneConfig, 
                 if cfg.log_every and position["step"] % cfg.log_every == 0 and losses:
                     seconds = time.perf_counter() - window["started"]
                     out.write(json.dumps({"kind": "step", "epoch": epoch, "step": position["step"],
-                                          "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
+                                          "loss": float(losses[-1]), "lr": scheduler.get_last_lr()[0],
                                           **speed_figures(window["units"] * procs.world, window["flops"] * procs.world,
                                                           seconds, window["waited"], device)}) + "\n")
                     out.flush()
@@ -239,7 +243,7 @@ def fit(model: FusionClassifier, train: Units, val: Units, cfg: FinetuneConfig, 
             calibrate_norm(model, train, cfg.batch_size, device)
             scores = evaluate_split(model, val, cfg, device)
             row = {"kind": "epoch", "epoch": epoch, "step": position["step"],
-                   "train_loss": float(np.mean(losses)) if losses else math.nan, "val_loss": scores["loss"],
+                   "train_loss": float(np.mean([float(x) for x in losses])) if losses else math.nan, "val_loss": scores["loss"],
                    "val_auroc": scores["auroc"], "lr": scheduler.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - started, 2), "processes": procs.world,
                    **speed_figures(units_seen * procs.world, flops * procs.world, seconds, waited, device)}
