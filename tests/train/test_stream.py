@@ -93,3 +93,7 @@ def test_ddp_ranks_take_the_same_number_of_batches(shards):
     per_rank = [sum(1 for _ in stream.BagStream(units, 4, 2, train=True, rank=r, world=3, workers=2))
                 for r in range(3)]
     assert steps == min(per_rank)
+    full = [[b["units"] for b in stream.BagStream(units, 4, 2, train=True, rank=r, world=3, workers=2,
+                                                  drop_last=True)] for r in range(3)]
+    assert all(set(sizes) == {4} for sizes in full)
+    assert stream.batches_per_rank(units, np.arange(len(units)), 3, 2, 4, drop_last=True) == min(map(len, full))

@@ -89,7 +89,7 @@ def train_stream(data: Units, cfg: FinetuneConfig, epoch: int, procs: Processes,
                  augment: Augment | None) -> BagStream:
     return BagStream(data, cfg.batch_size, cfg.max_rows_per_bag, train=True, seed=cfg.seed, epoch=epoch,
                      rank=procs.rank, world=procs.world, workers=max(1, cfg.loader_workers),
-                     shuffle_buffer=cfg.shuffle_buffer, augment=augment)
+                     shuffle_buffer=cfg.shuffle_buffer, augment=augment, drop_last=procs.world > 1)
 
 
 def step_flops(model: FusionClassifier, params: dict[str, int], inputs: dict) -> float:
@@ -151,8 +151,9 @@ def fit(model: FusionClassifier, train: Units, val: Units, cfg: FinetuneConfig, 
         checkpoints: Path | None = None, fingerprint: str = "") -> dict:
     """Train with early stopping on validation loss; leaves the best epoch's weights in `model`.
 
-    Under torchrun every rank shuffles the units alike (shared seed) and trains on its own slice; each
-    rank validates on the whole val split with the synchronised weights, so all stop at the same epoch.
+    Under torchrun every rank streams its own share of the units (`train.stream`) in full batches, as many
+    as the smallest rank has; each rank validates on the whole val split with the synchronised weights, so
+    all stop at the same epoch.
     With `checkpoints` (a folder), rank 0 saves the whole training state there every
     `cfg.checkpoint_every` optimizer steps and at each epoch end, and a later call with the same
     `fingerprint` continues from it: on CPU the result is bit for bit that of an uninterrupted run.
@@ -163,7 +164,7 @@ def fit(model: FusionClassifier, train: Units, val: Units, cfg: FinetuneConfig, 
     optimizer = optimizer_for(model, cfg)
     # Every rank takes as many batches as the smallest rank has (DDP steps together).
     batches_per_epoch = batches_per_rank(train, np.arange(len(train)), procs.world, max(1, cfg.loader_workers),
-                                         cfg.batch_size)
+                                         cfg.batch_size, drop_last=procs.world > 1)
     scheduler = warmup_then_linear(optimizer, math.ceil(batches_per_epoch / cfg.grad_accum_steps) * cfg.epochs)
     weight = None
     if cfg.class_weights == "balanced":

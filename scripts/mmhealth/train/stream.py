@@ -83,10 +83,11 @@ def partition(units: Units, subset: np.ndarray, rank: int, world: int, workers: 
     return [mine[home % workers == w] for w in range(workers)]
 
 
-def batches_per_rank(units: Units, subset: np.ndarray, world: int, workers: int, batch_size: int) -> int:
+def batches_per_rank(units: Units, subset: np.ndarray, world: int, workers: int, batch_size: int,
+                     drop_last: bool = False) -> int:
     """Batches the smallest rank gets in an epoch: the step count all DDP ranks can take together."""
-    return min(sum(math.ceil(len(p) / batch_size) for p in partition(units, subset, r, world, workers))
-               for r in range(world))
+    count = (lambda n: n // batch_size) if drop_last else (lambda n: math.ceil(n / batch_size))
+    return min(sum(count(len(p)) for p in partition(units, subset, r, world, workers)) for r in range(world))
 
 
 def collate_bags(bags: list[tuple[int, int, dict[str, list[np.ndarray]]]], image_shape) -> dict:
@@ -119,15 +120,16 @@ def collate_bags(bags: list[tuple[int, int, dict[str, list[np.ndarray]]]], image
 
 class BagStream(torch.utils.data.IterableDataset):
     """Batches of an epoch for one rank (see the module docstring). `train=False`: evenly spaced rows, no
-    shuffling; `subset` restricts the units (default: all)."""
+    shuffling; `subset` restricts the units (default: all); `drop_last`: only full batches (under DDP, so
+    that no rank meets a one-unit batch, which it would skip, while the others step)."""
 
     def __init__(self, units: Units, batch_size: int, limit: int, *, train: bool, seed: int = 0, epoch: int = 0,
                  rank: int = 0, world: int = 1, workers: int = 1, shuffle_buffer: int = 0,
-                 subset: np.ndarray | None = None, augment: Augment | None = None):
+                 subset: np.ndarray | None = None, augment: Augment | None = None, drop_last: bool = False):
         super().__init__()
         self.units, self.batch_size, self.limit, self.train = units, batch_size, limit, train
         self.seed, self.epoch, self.rank, self.world, self.workers = seed, epoch, rank, world, max(1, workers)
-        self.shuffle_buffer, self.augment = shuffle_buffer if train else 0, augment
+        self.shuffle_buffer, self.augment, self.drop_last = shuffle_buffer if train else 0, augment, drop_last
         self.subset = np.arange(len(units)) if subset is None else np.asarray(subset, dtype=np.int64)
         self.home = units.home_file()
         self.first_row = units.first_row()
@@ -179,7 +181,7 @@ class BagStream(torch.utils.data.IterableDataset):
         stream = self.shuffled(self.bags(self.worker_units(worker)), rng)
         for b in itertools.count():
             chosen = list(itertools.islice(stream, self.batch_size))
-            if not chosen:
+            if not chosen or (self.drop_last and len(chosen) < self.batch_size):
                 return
             batch = collate_bags(chosen, self.units.image_shape)
             if self.augment is not None:
