@@ -26,12 +26,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune-json", default="{}", help="config tasks.<task>.finetune")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--checkpoint-dir", type=Path, help="resumable state; kept when the job fails")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     run_finetune(args.task, args.modalities.split(","), TaskInputs(args.labels, shard_map(args.shards_json),
                                                                     path_map(args.tokenizers_json)),
-                 json.loads(args.model_json), json.loads(args.finetune_json), args.out_dir)
+                 json.loads(args.model_json), json.loads(args.finetune_json), args.out_dir, args.checkpoint_dir)
 
 
 if __name__ == "__main__":

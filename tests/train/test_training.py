@@ -16,7 +16,7 @@ from conftest import synthetic_tokens, write_labels
 from mmhealth.core.config import from_config
 from mmhealth.predict import inference as predict
 from mmhealth.predict.new_data import with_training_split
-from mmhealth.train import bags, models
+from mmhealth.train import bags, models, stream
 from mmhealth.train import finetune as train
 from mmhealth.train.config import FinetuneConfig
 from mmhealth.train.dna_augment import reverse_complement_half
@@ -41,13 +41,25 @@ def tokens(tmp_path_factory):
     return root, write_labels(root / "labels.parquet", info), info
 
 
+def units_of(root, labels, modalities, split="train"):
+    files = shard_files(root, modalities)[split]
+    rows = {m: bags.read_row_ids(files[m], m) for m in modalities}
+    return bags.build_units(bags.read_labels(labels, split), ["neg", "pos"], rows, files)
+
+
+def whole_batch(data, limit):
+    """Every unit of `data` in one batch (in the loader's order), with the rows inference picks."""
+    batch = next(iter(stream.BagStream(data, len(data), limit, train=False)))
+    assert sorted(batch["unit"].tolist()) == list(range(len(data)))
+    return batch
+
+
 def test_bags_group_rows_per_subject(tokens):
     root, labels, info = tokens
-    rows = {"dna": bags.load_modality_rows(shard_files(root, ["dna"])["train"]["dna"], "dna")}
-    data, dropped = bags.build_bags(bags.read_labels(labels, "train"), ["neg", "pos"], rows)
+    data, dropped = units_of(root, labels, ["dna"])
     assert dropped == 0 and len(data) == int((info["splits"] == "train").sum())
-    assert all(len(b) == 3 for b in data.bags["dna"])
-    batch = bags.collate(data, np.arange(4), limit=2, rng=np.random.default_rng(0))
+    assert all(len(data.bag("dna", u)) == 3 for u in range(len(data)))
+    batch = next(iter(stream.BagStream(data, 4, 2, train=True, seed=0, epoch=1)))
     dna = batch["inputs"]["dna"]
     assert dna["input_ids"].shape[0] == 8 and dna["bag_index"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert (dna["attention_mask"] == (dna["input_ids"] != 0)).all()
@@ -94,11 +106,9 @@ def test_fusion_learns_and_artifact_reloads(tmp_path, tokens):
 
     # The saved batch-norm statistics are those of the best weights' fused training vectors at inference
     # (statistics tracked during fine-tuning went stale and squashed every prediction to one class).
-    rows = {m: bags.load_modality_rows(shard_files(root, [m])["train"][m], m) for m in model.spec.modalities}
-    train_data, _ = bags.build_bags(bags.read_labels(labels, "train"), model.spec.classes, rows)
+    train_data, _ = units_of(root, labels, model.spec.modalities)
     with torch.no_grad():
-        batch = bags.collate(train_data, np.arange(len(train_data)), predict.inference_rows(model))
-        fused = model.fuse(batch["inputs"], len(train_data))
+        fused = model.fuse(whole_batch(train_data, predict.inference_rows(model))["inputs"], len(train_data))
     torch.testing.assert_close(model.head[0].running_mean, fused.mean(dim=0), rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(model.head[0].running_var, fused.var(dim=0), rtol=1e-3, atol=1e-4)
 
@@ -110,14 +120,12 @@ def test_fusion_learns_and_artifact_reloads(tmp_path, tokens):
 
 def test_norm_statistics_are_those_of_the_fused_vectors_at_inference(tokens):
     root, labels, _ = tokens
-    rows = {"dna": bags.load_modality_rows(shard_files(root, ["dna"])["train"]["dna"], "dna")}
-    data, _ = bags.build_bags(bags.read_labels(labels, "train"), ["neg", "pos"], rows)
+    data, _ = units_of(root, labels, ["dna"])
     model = train.build_classifier("t", ["dna"], ["neg", "pos"], TINY, from_config(FinetuneConfig),
                                    task_inputs(root, labels, ["dna"]), data)
     calibrate_norm(model, data, batch_size=5, device=torch.device("cpu"))
     with torch.no_grad():
-        batch = bags.collate(data, np.arange(len(data)), predict.inference_rows(model))
-        fused = model.fuse(batch["inputs"], len(data))
+        fused = model.fuse(whole_batch(data, predict.inference_rows(model))["inputs"], len(data))
     norm = model.head[0]
     torch.testing.assert_close(norm.running_mean, fused.mean(dim=0), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(norm.running_var, fused.var(dim=0), rtol=1e-4, atol=1e-5)
@@ -125,8 +133,7 @@ def test_norm_statistics_are_those_of_the_fused_vectors_at_inference(tokens):
 
 def test_head_only_strategy_freezes_encoders(tokens):
     root, labels, _ = tokens
-    rows = {"dna": bags.load_modality_rows(shard_files(root, ["dna"])["train"]["dna"], "dna")}
-    data, _ = bags.build_bags(bags.read_labels(labels, "train"), ["neg", "pos"], rows)
+    data, _ = units_of(root, labels, ["dna"])
     cfg = from_config(FinetuneConfig, strategy="head")
     model = train.build_classifier("t", ["dna"], ["neg", "pos"], TINY, cfg, task_inputs(root, labels, ["dna"]), data)
     assert not any(p.requires_grad for p in model.encoders.parameters())

@@ -66,6 +66,11 @@ def model_dir(task):
     return result("models", task)
 
 
+def checkpoint_dir(task):
+    """A training job's resumable state: a param, not an output, so Snakemake keeps it when the job fails."""
+    return result("checkpoints", task)
+
+
 def eval_file(task, name):
     return result("eval", task, name)
 

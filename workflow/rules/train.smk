@@ -13,6 +13,7 @@ rule finetune:
         shards=shards_json(["train", "val"]),
         tokenizers=tokenizers_json,
         launcher=train_launcher,
+        checkpoints=lambda wildcards: checkpoint_dir(wildcards.task),
     log:
         log_path("train", "{task}"),
     benchmark:
@@ -28,7 +29,8 @@ rule finetune:
         "{params.launcher} {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
         " --labels {input.labels:q} --shards-json {params.shards:q} --tokenizers-json {params.tokenizers:q}"
         " --model-json {params.model:q}"
-        " --finetune-json {params.finetune:q} --threads {threads} --out-dir {output:q} > {log:q} 2>&1"
+        " --finetune-json {params.finetune:q} --threads {threads} --out-dir {output:q}"
+        " --checkpoint-dir {params.checkpoints:q} > {log:q} 2>&1"
 
 
 rule train:

@@ -228,7 +228,7 @@ def run_baseline(labels: pd.DataFrame, shards: dict[str, dict[str, list[Path]]],
         train_parts.append(split_features(shards["train"][modality], modality, "train", train_units, vocab, edges))
         test_parts.append(split_features(shards["test"][modality], modality, "test", test_units, vocab, edges))
     train_X, test_X = np.hstack(train_parts), np.hstack(test_parts)
-    # Units without rows in any modality get no model prediction either (bags.build_bags); drop them alike.
+    # Units without rows in any modality get no model prediction either (bags.build_units); drop them alike.
     keep_train = np.column_stack([part[:, -1] for part in train_parts]).any(axis=1)
     keep_test = np.column_stack([part[:, -1] for part in test_parts]).any(axis=1)
     if not keep_train.all() or not keep_test.all():

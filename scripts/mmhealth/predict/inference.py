@@ -17,26 +17,30 @@ import torch
 
 from mmhealth.core.modalities import RECORD_MODALITIES
 from mmhealth.core.parquet_io import write_table
-from mmhealth.train.bags import BagData, ModalityRows, build_bags, collate, load_modality_rows, read_labels
+from mmhealth.train.bags import ModalityRows, Units, build_units, read_labels, read_row_ids
 from mmhealth.train.device import autocast, pick_device, to_device
 from mmhealth.train.models import FusionClassifier
+from mmhealth.train.stream import BagStream, loader
 
 log = logging.getLogger("predict")
 INFERENCE_ROWS_PER_BAG = 64  # a bag's rows seen when predicting (evenly spaced beyond this)
 
+LOADER_WORKERS = 0  # inference reads in the job's own process (evaluation jobs get few cores)
+
+
 @torch.no_grad()
-def predict_proba(model: FusionClassifier, data: BagData, batch_size: int, rows_per_bag: int,
+def predict_proba(model: FusionClassifier, data: Units, batch_size: int, rows_per_bag: int,
                   device: torch.device) -> np.ndarray:
-    """Class probabilities per unit, with evenly spaced rows when a bag is larger than rows_per_bag."""
+    """Class probabilities per unit (in the order of `data`), with evenly spaced rows when a bag is larger
+    than rows_per_bag; bags are streamed from the shards (`train.stream`)."""
     model.eval()
-    out = []
-    for start in range(0, len(data), batch_size):
-        units = np.arange(start, min(start + batch_size, len(data)))
-        batch = collate(data, units, rows_per_bag)
+    prob = np.zeros((len(data), len(model.spec.classes)), np.float32)
+    stream = BagStream(data, batch_size, rows_per_bag, train=False, workers=max(1, LOADER_WORKERS))
+    for batch in loader(stream, LOADER_WORKERS, device):
         with autocast(device):
-            logits = model(to_device(batch, device), len(units))
-        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.spec.classes)), np.float32)
+            logits = model(to_device(batch, device), batch["units"])
+        prob[batch["unit"].numpy()] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return prob
 
 
 def inference_rows(model: FusionClassifier) -> int:
@@ -63,22 +67,23 @@ def unit_table(labels_path: str | None, split: str, rows: dict[str, ModalityRows
 
 
 def load_units(model: FusionClassifier, shards: dict[str, list[Path]], split: str,
-               labels_path: str | None) -> tuple[BagData, pa.Table]:
-    """The units of `split` with their bags from `shards` (modality -> token shard files of that split)."""
-    rows = {m: load_modality_rows(shards[m], m) for m in model.spec.modalities}
+               labels_path: str | None) -> tuple[Units, pa.Table]:
+    """The units of `split` with where their bags are in `shards` (modality -> token shard files of that
+    split): ids only, the rows are streamed when predicting."""
+    rows = {m: read_row_ids(shards[m], m) for m in model.spec.modalities}
     units = unit_table(labels_path, split, rows, model.spec.record_level)
     classes = model.spec.classes
     # Unlabelled units get class 0 as a placeholder; their `label` column stays null in the output.
     labelled = units.column("label").null_count == 0
     table = units if labelled else units.set_column(
         units.schema.get_field_index("label"), "label", pa.array([classes[0]] * units.num_rows))
-    data, dropped = build_bags(table, classes, rows)
+    data, dropped = build_units(table, classes, rows, {m: shards[m] for m in model.spec.modalities})
     if dropped:
         log.warning("%d %s units have no rows in %s and get no prediction", dropped, split, model.spec.modalities)
     return data, units
 
 
-def predictions_frame(model: FusionClassifier, data: BagData, labelled: bool, batch_size: int = 32) -> pd.DataFrame:
+def predictions_frame(model: FusionClassifier, data: Units, labelled: bool, batch_size: int = 32) -> pd.DataFrame:
     prob = predict_proba(model, data, batch_size, inference_rows(model), pick_device())
     classes = np.asarray(model.spec.classes, dtype=object)
     return pd.DataFrame({

@@ -305,8 +305,9 @@ def write_task_report(task: str, metrics: dict, predictions: pd.DataFrame, class
 
 
 def read_training_log(path: Path) -> list[dict]:
-    """Rows of a JSON-lines training log."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The epoch rows of a JSON-lines training log (rows of kind "step" are progress within an epoch)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row.get("kind", "epoch") == "epoch"]
 
 
 def write_task_and_card(task: str, metrics: dict, predictions: pd.DataFrame, baseline_predictions: pd.DataFrame,

@@ -1,9 +1,10 @@
-"""Label units and their bags of model inputs, read from token shards.
+"""Label units and where their bags of rows are in the token shards: ids only, never token or pixel data.
 
 A label unit is a subject (subject-level labels) or one record (record-level labels). Its bag in a modality
 is every token row of that unit: the slices of a series, the windows of a FASTA record, the windows of a
 subject's notes, the subject's EHR sequence. Encoders see rows; the classifier pools rows into one vector per
-bag. Token columns are held as flat numpy arrays plus offsets, never as per-row Python objects.
+bag. `Units` holds, per unit and modality, the row numbers of its bag (rows numbered across the modality's
+shard files in the order given); `train.stream` reads the rows themselves, a few row groups at a time.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from mmhealth.core.modalities import RECORD_MODALITIES, TOKEN_MODALITIES
-from mmhealth.core.parquet_io import read_tables
-from mmhealth.core.special_tokens import PAD_ID
+
+
+def data_column(modality: str) -> str:
+    return "input_ids" if modality in TOKEN_MODALITIES else "pixel_values"
 
 
 @dataclass
@@ -31,8 +33,9 @@ class FlatColumn:
     offsets: np.ndarray
 
     @classmethod
-    def from_arrow(cls, column: pa.ChunkedArray) -> FlatColumn:
-        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    def from_arrow(cls, column: pa.ChunkedArray | pa.Array) -> FlatColumn:
+        array = column if isinstance(column, pa.Array) else (
+            column.combine_chunks() if column.num_chunks != 1 else column.chunk(0))
         if len(array) == 0:
             return cls(np.zeros(0, np.float32), np.zeros(1, np.int64))
         offsets = array.offsets.to_numpy().astype(np.int64)
@@ -45,49 +48,79 @@ class FlatColumn:
 
 @dataclass
 class ModalityRows:
-    """Token rows of one modality and split."""
+    """Ids of the token rows of one modality and split (`data` None: the rows themselves are not read)."""
 
     modality: str
     subject_id: np.ndarray
     record_id: np.ndarray
-    data: FlatColumn
+    data: FlatColumn | None = None
     image_shape: tuple[int, int, int] | None = None  # channels, height, width
+    file_rows: np.ndarray | None = None  # rows per shard file, in the order given
 
     def __len__(self) -> int:
         return len(self.subject_id)
 
 
-def load_modality_rows(paths: list[Path], modality: str) -> ModalityRows:
-    """Every row of one modality's token shards (the files the job declares, in the order given)."""
+def read_row_ids(paths: list[Path], modality: str) -> ModalityRows:
+    """Subject and record id of every row of one modality's token shards (the files the job declares, in the
+    order given), and the image shape; the token or pixel columns are not read."""
     if not paths:
         raise FileNotFoundError(f"no {modality} token shards given")
-    column = "input_ids" if modality in TOKEN_MODALITIES else "pixel_values"
     extra = [] if modality in TOKEN_MODALITIES else ["channels", "height", "width"]
-    table = read_tables(paths, columns=["subject_id", "record_id", column, *extra])
-    shape = None
-    if extra and table.num_rows:
-        shape = tuple(int(pc.max(table.column(c)).as_py()) for c in extra)
-    return ModalityRows(
-        modality=modality,
-        subject_id=table.column("subject_id").to_numpy(),
-        record_id=np.asarray(table.column("record_id").to_pylist(), dtype=object),
-        data=FlatColumn.from_arrow(table.column(column)),
-        image_shape=shape,
-    )
+    subjects, records, shape, counts = [], [], None, []
+    for path in paths:
+        table = pq.read_table(path, columns=["subject_id", "record_id", *extra])
+        subjects.append(table.column("subject_id").to_numpy())
+        records.append(np.asarray(table.column("record_id").to_pylist(), dtype=object))
+        counts.append(table.num_rows)
+        if extra and table.num_rows:
+            here = tuple(int(pc.max(table.column(c)).as_py()) for c in extra)
+            shape = here if shape is None else tuple(max(a, b) for a, b in zip(shape, here, strict=True))
+    return ModalityRows(modality=modality, subject_id=np.concatenate(subjects).astype(np.int64),
+                        record_id=np.concatenate(records), image_shape=shape,
+                        file_rows=np.asarray(counts, dtype=np.int64))
 
 
 @dataclass
-class BagData:
-    """Label units of one split with, per modality, the row indices of each unit's bag."""
+class Units:
+    """Label units of one split with, per modality, the row numbers of each unit's bag."""
 
     subject_id: np.ndarray  # per unit
     record_id: np.ndarray  # per unit, None for subject-level labels
     labels: np.ndarray  # per unit, class index
-    rows: dict[str, ModalityRows]
-    bags: dict[str, list[np.ndarray]]  # modality -> per unit row indices
+    files: dict[str, list[Path]]  # modality -> token shard files
+    file_rows: dict[str, np.ndarray]  # modality -> rows per file
+    image_shape: tuple[int, int, int] | None
+    bags: dict[str, FlatColumn]  # modality -> per unit its row numbers (sorted)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.bags)
+
+    def bag(self, modality: str, unit: int) -> np.ndarray:
+        return self.bags[modality].row(unit)
+
+    def first_row(self) -> np.ndarray:
+        """Per unit, its first row number in the first modality it has rows in."""
+        first = np.full(len(self), -1, dtype=np.int64)
+        for flat in self.bags.values():
+            has = (np.diff(flat.offsets) > 0) & (first < 0)
+            first[has] = flat.values[flat.offsets[:-1][has]]
+        return first
+
+    def home_file(self) -> np.ndarray:
+        """Per unit, the shard file holding its first row (of the first modality it has rows in): units of
+        one file go to one loader worker, which then reads that file alone."""
+        home = np.full(len(self), -1, dtype=np.int64)
+        for m, flat in self.bags.items():
+            starts = np.cumsum(np.r_[0, self.file_rows[m]])
+            has = (np.diff(flat.offsets) > 0) & (home < 0)
+            first = flat.values[flat.offsets[:-1][has]]
+            home[has] = np.searchsorted(starts, first, side="right") - 1
+        return home
 
 
 def _group_rows(keys: np.ndarray) -> dict:
@@ -96,11 +129,12 @@ def _group_rows(keys: np.ndarray) -> dict:
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     bounds = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1], True])
-    return {sorted_keys[a]: order[a:b] for a, b in itertools.pairwise(bounds)}
+    return {sorted_keys[a]: np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)}
 
 
-def build_bags(labels: pa.Table, classes: list[str], rows: dict[str, ModalityRows]) -> tuple[BagData, int]:
-    """Bags for every labelled unit that has rows in at least one modality; returns (data, units dropped)."""
+def build_units(labels: pa.Table, classes: list[str], rows: dict[str, ModalityRows],
+                files: dict[str, list[Path]]) -> tuple[Units, int]:
+    """Units for every labelled unit that has rows in at least one modality; returns (units, units dropped)."""
     subject = labels.column("subject_id").to_numpy()
     record = np.asarray(labels.column("record_id").to_pylist(), dtype=object)
     class_index = {c: i for i, c in enumerate(classes)}
@@ -116,11 +150,17 @@ def build_bags(labels: pa.Table, classes: list[str], rows: dict[str, ModalityRow
             else:
                 bags[m].append(by_subject[m].get(s, empty))
     keep = np.asarray([any(len(bags[m][i]) for m in rows) for i in range(len(y))], dtype=bool)
-    data = BagData(
-        subject_id=subject[keep], record_id=record[keep], labels=y[keep], rows=rows,
-        bags={m: [b for b, k in zip(bs, keep, strict=True) if k] for m, bs in bags.items()},
-    )
-    return data, int((~keep).sum())
+    flat = {}
+    for m, bs in bags.items():
+        kept = [b for b, k in zip(bs, keep, strict=True) if k]
+        flat[m] = FlatColumn(np.concatenate([empty, *kept]).astype(np.int64),
+                             np.cumsum([0, *map(len, kept)]).astype(np.int64))
+    shapes = [r.image_shape for r in rows.values() if r.image_shape is not None]
+    units = Units(subject_id=subject[keep], record_id=record[keep], labels=y[keep],
+                  files={m: [Path(p) for p in files[m]] for m in rows},
+                  file_rows={m: r.file_rows for m, r in rows.items()},
+                  image_shape=shapes[0] if shapes else None, bags=flat)
+    return units, int((~keep).sum())
 
 
 def pick_rows(bag: np.ndarray, limit: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -130,31 +170,6 @@ def pick_rows(bag: np.ndarray, limit: int, rng: np.random.Generator | None) -> n
     if rng is not None:
         return np.sort(rng.choice(bag, size=limit, replace=False))
     return bag[np.linspace(0, len(bag) - 1, limit).round().astype(np.int64)]
-
-
-def collate(data: BagData, units: np.ndarray, limit: int, rng: np.random.Generator | None = None) -> dict:
-    """Tensors for a batch of units: per modality the stacked rows and, per row, the unit it belongs to."""
-    batch: dict = {"labels": torch.as_tensor(data.labels[units]), "inputs": {}}
-    for m, rows in data.rows.items():
-        picked = [pick_rows(data.bags[m][u], limit, rng) for u in units]
-        index = np.concatenate(picked) if picked else np.zeros(0, np.int64)
-        if len(index) == 0:
-            continue
-        bag_index = torch.as_tensor(np.repeat(np.arange(len(units)), [len(p) for p in picked]))
-        if m in TOKEN_MODALITIES:
-            seqs = [rows.data.row(i) for i in index]
-            width = max(len(s) for s in seqs)
-            ids = np.full((len(seqs), width), PAD_ID, dtype=np.int64)
-            for j, s in enumerate(seqs):
-                ids[j, : len(s)] = s
-            ids_t = torch.as_tensor(ids)
-            batch["inputs"][m] = {"input_ids": ids_t, "attention_mask": (ids_t != PAD_ID).long(),
-                                  "bag_index": bag_index}
-        else:
-            pixels = np.stack([rows.data.row(i) for i in index]).astype(np.float32)
-            batch["inputs"][m] = {"pixel_values": torch.as_tensor(pixels.reshape(len(index), *rows.image_shape)),
-                                  "bag_index": bag_index}
-    return batch
 
 
 def read_labels(path: str | Path, split: str | None = None) -> pa.Table:

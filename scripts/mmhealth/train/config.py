@@ -24,3 +24,12 @@ class FinetuneConfig:
     label_smoothing: float
     reverse_complement: bool
     seed: int
+    class_weights: str
+    grad_accum_steps: int
+    checkpoint_every: int
+    keep_checkpoint: bool
+    log_every: int
+    loader_workers: int
+    shuffle_buffer: int
+    compile: bool
+    tf32: bool

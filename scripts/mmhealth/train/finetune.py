@@ -16,8 +16,10 @@ import torch
 
 from mmhealth.core.config import from_config
 from mmhealth.core.parquet_io import read_metadata
-from mmhealth.train.bags import BagData, build_bags, load_modality_rows, read_labels
+from mmhealth.train import checkpoint
+from mmhealth.train.bags import Units, build_units, read_labels, read_row_ids
 from mmhealth.train.config import FinetuneConfig
+from mmhealth.train.device import allow_tf32
 from mmhealth.train.distributed import device_for, setup, teardown
 from mmhealth.train.loop import fit
 from mmhealth.train.models import (
@@ -41,6 +43,12 @@ class TaskInputs:
     shards: dict[str, dict[str, list[Path]]]  # split -> modality -> token shard files
     tokenizers: dict[str, Path]  # modality -> tokenizer folder
 
+    def files(self) -> list[Path]:
+        """Every input file, tokenizer files included (what a checkpoint's fingerprint covers)."""
+        shards = [p for by in self.shards.values() for paths in by.values() for p in paths]
+        tokenizer_files = [p for d in self.tokenizers.values() for p in sorted(Path(d).iterdir()) if p.is_file()]
+        return [Path(self.labels), *map(Path, shards), *tokenizer_files]
+
 
 def token_limits(tokenizer_dir: Path, shard: Path) -> tuple[int, int]:
     """(vocab size, longest row) of a token modality, from its tokenizer and a shard's metadata."""
@@ -52,7 +60,7 @@ def token_limits(tokenizer_dir: Path, shard: Path) -> tuple[int, int]:
 
 
 def build_classifier(task: str, modalities: list[str], classes: list[str], model_spec: dict,
-                     cfg: FinetuneConfig, inputs: TaskInputs, train: BagData) -> FusionClassifier:
+                     cfg: FinetuneConfig, inputs: TaskInputs, train: Units) -> FusionClassifier:
     init = from_config(EncoderInit, model_spec.get("init"))
     encoders = {}
     for m in modalities:
@@ -65,7 +73,7 @@ def build_classifier(task: str, modalities: list[str], classes: list[str], model
                     raise ValueError(f"tokens of {m} use {vocab} ids but {path} knows "
                                      f"{encoders[m].config.vocab_size}: set tokenize.{m}.tokenizer_path to it")
         elif m == "image":
-            encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.rows[m].image_shape)
+            encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.image_shape)
         else:
             vocab, max_length = token_limits(inputs.tokenizers[m], inputs.shards["train"][m][0])
             encoders[m] = new_encoder(m, init, cfg.dropout, vocab_size=vocab, max_length=max_length)
@@ -114,20 +122,32 @@ medical device; validate on your own population before drawing conclusions. Subj
 """
 
 
+# Settings that change how a run goes but not what it computes: a checkpoint stays valid across them.
+RUN_ONLY_SETTINGS = ("checkpoint_every", "keep_checkpoint", "log_every")
+
+
 def run_finetune(task: str, modalities: list[str], inputs: TaskInputs, model_spec: dict, finetune: dict,
-                 out_dir: Path) -> dict:
-    """Train the task on its train split with early stopping on val, and save the model folder (rank 0)."""
+                 out_dir: Path, checkpoint_dir: Path | None = None) -> dict:
+    """Train the task on its train split with early stopping on val, and save the model folder (rank 0).
+
+    With `checkpoint_dir`, training resumes from the checkpoint there when one of the same settings and
+    inputs exists, and the folder is removed once the model folder is written (unless keep_checkpoint).
+    """
     procs = setup()
     cfg = from_config(FinetuneConfig, finetune)
     torch.manual_seed(cfg.seed)
     device = device_for(procs)
+    allow_tf32(cfg.tf32)
+    settings = {"task": task, "modalities": modalities, "model": model_spec, "processes": procs.world,
+                "finetune": {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_SETTINGS}}
+    fingerprint = checkpoint.fingerprint(settings, inputs.files())
 
     labels = read_labels(inputs.labels)
     classes = sorted(set(labels.column("label").to_pylist()))
     data = {}
     for split in ("train", "val"):
-        rows = {m: load_modality_rows(inputs.shards[split][m], m) for m in modalities}
-        data[split], dropped = build_bags(read_labels(inputs.labels, split), classes, rows)
+        rows = {m: read_row_ids(inputs.shards[split][m], m) for m in modalities}
+        data[split], dropped = build_units(read_labels(inputs.labels, split), classes, rows, inputs.shards[split])
         log.info("%s: %d units (%d labelled units without any rows)", split, len(data[split]), dropped)
         if len(data[split]) == 0:
             raise ValueError(f"task {task}: no {split} units with data; check labels and inputs")
@@ -144,7 +164,8 @@ def run_finetune(task: str, modalities: list[str], inputs: TaskInputs, model_spe
         from mmhealth.train.dna_augment import reverse_complement_augmentation
 
         augment = reverse_complement_augmentation(inputs.tokenizers["dna"])
-    best = fit(model, data["train"], data["val"], cfg, device, out_dir / "training.jsonl", augment, procs)
+    best = fit(model, data["train"], data["val"], cfg, device, out_dir / "training.jsonl", augment, procs,
+               checkpoint_dir, fingerprint)
     if procs.is_main:
         merge_adapters(model)
         model.cpu().save(out_dir, {m: inputs.tokenizers[m] for m in modalities})
@@ -152,5 +173,7 @@ def run_finetune(task: str, modalities: list[str], inputs: TaskInputs, model_spe
         (out_dir / "README.md").write_text(model_card(task, modalities, classes, cfg, model_spec, best,
                                                       {s: len(d) for s, d in data.items()}))
         log.info("saved %s (best epoch %s)", out_dir, best.get("epoch"))
+        if checkpoint_dir is not None and not cfg.keep_checkpoint:
+            checkpoint.remove(checkpoint_dir)
     teardown(procs)
     return best

@@ -66,7 +66,8 @@ def new_encoder(modality: str, init: EncoderInit, dropout: float, vocab_size: in
     common = dict(hidden_size=init.hidden_size, num_hidden_layers=init.num_layers,
                   num_attention_heads=init.num_heads,
                   intermediate_size=init.intermediate_size or 4 * init.hidden_size,
-                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                  attn_implementation="sdpa")  # fused attention kernels (flash / memory-efficient on GPUs)
     if modality == "image":
         channels, height, width = image_shape
         if height != width or height % init.patch_size:
@@ -84,7 +85,10 @@ def pretrained_encoder(path: str | Path, dropout: float | None = None) -> nn.Mod
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     if dropout is not None and hasattr(config, "hidden_dropout_prob"):
         config.hidden_dropout_prob = dropout
-    model = AutoModel.from_pretrained(path, config=config, local_files_only=True)
+    try:
+        model = AutoModel.from_pretrained(path, config=config, local_files_only=True, attn_implementation="sdpa")
+    except ValueError:  # an architecture without an SDPA attention in this transformers version
+        model = AutoModel.from_pretrained(path, config=config, local_files_only=True)
     return getattr(model, "base_model", model)
 
 
