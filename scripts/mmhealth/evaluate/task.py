@@ -28,8 +28,8 @@ class EvalInputs:
     model_dir: Path
     labels: Path
     shards: dict[str, dict[str, list[Path]]]  # split (test, and train for the baseline) -> modality -> files
-    tokenizers: dict[str, Path]  # modality -> tokenizer folder (the baseline's vocabulary size)
-    ehr_parts: list[Path]  # ingest/ehr parts: the sex subgroup; empty without EHR input
+    tokenizers: dict[str, Path]  # modality -> tokenizer folder (the baseline decodes tokens with it)
+    ehr_parts: list[Path]  # ingest/ehr parts: the sex subgroup and the EHR baseline; empty without EHR input
 
 
 @dataclass
@@ -52,15 +52,16 @@ def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: 
     classes = model.spec.classes
     data, _ = load_units(model, inputs.shards["test"], "test", str(inputs.labels))
     predictions = predictions_frame(model, data, labelled=True)
-    baseline_predictions = baseline.run_baseline(read_labels(inputs.labels).to_pandas(), inputs.shards,
-                                                 inputs.tokenizers, modalities, classes, seed=seed)
+    fitted = baseline.run_baseline(read_labels(inputs.labels).to_pandas(), inputs.shards, inputs.tokenizers,
+                                   modalities, classes, seed=seed, ehr_parts=inputs.ehr_parts)
+    baseline_predictions = fitted.predictions
     result = {
         "task": task,
         "n_test": len(predictions),
         "n_subjects_test": int(predictions["subject_id"].nunique()),
         "classes": classes,
         "model": scored(predictions, classes, n_boot, seed),
-        "baseline": {"name": baseline.baseline_name(modalities),
+        "baseline": {"name": fitted.name, "description": fitted.description, "settings": fitted.settings,
                      **scored(baseline_predictions, classes, n_boot, seed)},
         "subgroups": subgroup_metrics(predictions, classes,
                                       sex_subgroups(inputs.ehr_parts) if inputs.ehr_parts else None),
