@@ -47,22 +47,22 @@ def slice_features(hu: np.ndarray, low: float, high: float) -> np.ndarray:
     n = len(hu)
     flat = hu.reshape(n, -1)
     size = flat.shape[1]
-    edges = np.linspace(low, high, HU_BINS + 1)
-    bins = np.clip(np.searchsorted(edges, flat, side="right") - 1, 0, HU_BINS - 1)
+    bins = np.clip(((flat - low) * (HU_BINS / (high - low))).astype(np.int64), 0, HU_BINS - 1)  # equal width
     hist = np.bincount((bins + HU_BINS * np.arange(n)[:, None]).ravel(), minlength=n * HU_BINS)
     hist = hist.reshape(n, HU_BINS) / size
     tolerance = 1e-6 * (high - low)
     clipped = np.column_stack([(flat <= low + tolerance).mean(1), (flat >= high - tolerance).mean(1)])
     mean, std = flat.mean(1), flat.std(1)
     z = (flat - mean[:, None]) / np.where(std > 0, std, 1.0)[:, None]
-    shape = np.column_stack([(z**3).mean(1), np.where(std > 0, (z**4).mean(1) - 3.0, 0.0)])
+    z2 = z * z  # products, not powers: numpy's float pow is several times slower
+    shape = np.column_stack([(z2 * z).mean(1), np.where(std > 0, (z2 * z2).mean(1) - 3.0, 0.0)])
     percentiles = np.percentile(flat, PERCENTILES, axis=1).T
     gradient = np.zeros_like(flat)
     if hu.shape[1] > 1 and hu.shape[2] > 1:
         gy, gx = np.gradient(hu, axis=(1, 2))
         gradient = np.hypot(gx, gy).reshape(n, -1)
     local_mean = uniform_filter(hu, size=(1, 3, 3), mode="reflect")
-    local_var = np.maximum(uniform_filter(hu**2, size=(1, 3, 3), mode="reflect") - local_mean**2, 0.0).reshape(n, -1)
+    local_var = np.maximum(uniform_filter(hu * hu, size=(1, 3, 3), mode="reflect") - local_mean**2, 0.0).reshape(n, -1)
     texture = np.column_stack([gradient.mean(1), gradient.std(1), local_var.mean(1), local_var.std(1)])
     return np.column_stack([hist, clipped, mean, std, shape, percentiles, texture])
 
