@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn import config_context
 from sklearn.base import TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -112,7 +113,8 @@ def choose(candidates: Sequence[Sequence[Variant]], y: np.ndarray, seed: int, bo
         for family in families:
             search = GridSearchCV(make_model(variants, family, seed, len(np.unique(y)) == 2), GRIDS[family], scoring="neg_log_loss",
                                   cv=splitter, refit=False, error_score="raise")
-            search.fit(X, y)
+            with config_context(skip_parameter_validation=True):  # checks cost more than a small fit
+                search.fit(X, y)
             for params, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
                                      strict=True):
                 tried.append(f"{'+'.join(v.name for v in variants)} {family} {_params(params)} "

@@ -39,7 +39,7 @@ def hu_window(tokenizer_dir: Path) -> tuple[float, float]:
 
 def to_hu(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     """Normalised pixel values in [-1, 1] back to HU in [low, high]."""
-    return low + (np.asarray(pixels, np.float64) + 1.0) / 2.0 * (high - low)
+    return (low + (np.asarray(pixels, np.float32) + 1.0) / 2.0 * (high - low)).astype(np.float32)
 
 
 def slice_features(hu: np.ndarray, low: float, high: float) -> np.ndarray:
