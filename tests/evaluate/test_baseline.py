@@ -12,7 +12,9 @@ import pytest
 from mmhealth.core.parquet_io import write_table
 from mmhealth.core.special_tokens import CLS_ID, SEP_ID
 from mmhealth.evaluate.baseline import run_baseline
+from mmhealth.evaluate.baseline_bags import label_units
 from mmhealth.evaluate.metrics import point_metrics
+from mmhealth.evaluate.text_baseline import text_variants
 from mmhealth.tokenize.dna import kmer_ids_batch
 from mmhealth.tokenize.dna_kmers import KMER_CONFIG_FILE
 from mmhealth.tokenize.image import PREPROCESSOR_FILE
@@ -229,3 +231,14 @@ def test_single_class_train_predicts_it(tmp_path):
     assert (np.array(result.predictions["probabilities"].tolist()) == [1.0, 0.0]).all()
     with pytest.raises(ValueError, match="subset"):
         run_baseline(labels, {}, {}, ["audio"], ["neg", "pos"])
+
+
+def test_text_char_ngrams_are_an_option(tmp_path):
+    labels = text_task(tmp_path, np.random.default_rng(7), n_subjects=40)
+    units = {split: label_units(labels[labels["split"] == split]) for split in ("train", "test")}
+    paths = {split: shard_map(tmp_path, ["text"])[split]["text"] for split in units}
+    words, has_rows = text_variants(paths, units, tmp_path / "text" / "tokenizer")
+    both, _ = text_variants(paths, units, tmp_path / "text" / "tokenizer", char_ngrams=True)
+    assert [v.name for v in words] == ["tfidf_word_1_2grams"] and len(both) == 2
+    assert both[1].train.shape[1] > words[0].train.shape[1] == words[0].test.shape[1]
+    assert has_rows["train"].all() and len(has_rows["test"]) == 10
