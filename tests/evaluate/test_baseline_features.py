@@ -4,9 +4,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mmhealth.evaluate.baseline_bags import row_unit_pairs, train_columns, unit_sum
-from mmhealth.evaluate.baseline_select import LR, Choice, Variant, describe
+from mmhealth.evaluate.baseline_select import LR, Choice, Variant, choose, describe, fit_predict
 from mmhealth.evaluate.dna_baseline import kmer_counts, row_bases
 from mmhealth.evaluate.ehr_baseline import select_codes, subject_features
 from mmhealth.evaluate.image_baseline import SLICE_FEATURES, slice_features, to_hu
@@ -101,3 +106,17 @@ def test_description_is_one_sentence_naming_features_model_and_selection():
     choice = Choice([variant], LR, {"C": 4.0}, 5, 0.3, tried=["a"] * 10, families=[LR])
     assert describe(choice) == ("TF-IDF word 1-2-grams + logistic regression (C=4), chosen by 5-fold CV on train "
                                 "among 10 settings")
+
+
+def test_sparse_and_dense_blocks_fuse_with_missing_values():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    counts = sp.csr_matrix(rng.poisson(1.0, (40, 8)) + np.outer(y, [3, 0, 0, 0, 0, 0, 0, 0]))
+    values = np.column_stack([rng.normal(y, 0.3), np.where(rng.random(40) < 0.3, np.nan, 1.0)])
+    sparse = Variant("dna", "k", "k-mers", {}, counts, counts[:4], TfidfTransformer, False)
+    dense = Variant("ehr", "e", "codes", {}, values, values[:4], lambda: make_pipeline(SimpleImputer(), StandardScaler()),
+                    True)
+    choice = choose([[sparse, dense]], y, seed=0, boosting=False)
+    prob = fit_predict(choice, y, 2, seed=0)
+    assert choice.cv_folds == 5 and len(choice.tried) == 5 and prob.shape == (4, 2)
+    assert (prob.argmax(1) == y[:4]).all()

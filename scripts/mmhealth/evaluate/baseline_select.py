@@ -19,7 +19,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 CV_FOLDS = 5
@@ -74,7 +74,7 @@ def to_dense(X):
 def make_model(variants: Sequence[Variant], family: str, seed: int, binary: bool = True) -> Pipeline:
     """Per-variant transforms on their own columns, then the classifier (gradient boosting after densifying)."""
     edges = np.cumsum([0] + [v.train.shape[1] for v in variants])
-    features = ColumnTransformer([(f"{v.modality}_{v.name}", v.transform(), slice(int(lo), int(hi)))
+    features = ColumnTransformer([(f"{v.modality}_{v.name}", _block_transform(v), slice(int(lo), int(hi)))
                                   for v, lo, hi in zip(variants, edges[:-1], edges[1:], strict=True)],
                                  sparse_threshold=1.0)
     if family == LR:
@@ -85,6 +85,14 @@ def make_model(variants: Sequence[Variant], family: str, seed: int, binary: bool
     return Pipeline([("features", features), ("dense", FunctionTransformer(to_dense, accept_sparse=True)),
                      ("model", HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=False,
                                                               random_state=seed))])
+
+
+def _block_transform(variant: Variant):
+    """The variant's transform; a dense block is made dense again first (stacked beside a sparse one, it
+    arrives sparse, and imputers and centring scalers need it dense)."""
+    if sp.issparse(variant.train):
+        return variant.transform()
+    return make_pipeline(FunctionTransformer(to_dense, accept_sparse=True), variant.transform())
 
 
 def cv_folds(y: np.ndarray) -> int:
