@@ -63,7 +63,8 @@ def _rows(variants: list[Variant], keep: dict[str, np.ndarray]) -> list[Variant]
 
 def select(by_modality: dict[str, list[Variant]], y: np.ndarray, seed: int) -> Choice:
     """One modality: its best variant and model by CV. Several: each modality's best variant alone, then the
-    model for their concatenation; gradient boosting is a candidate only for dense features."""
+    model for their concatenation; gradient boosting is a candidate for dense features and, in a fusion,
+    for every concatenation without text."""
     if len(by_modality) == 1:
         variants = next(iter(by_modality.values()))
         return choose([[v] for v in variants], y, seed, boosting=all(v.dense for v in variants))
@@ -72,7 +73,8 @@ def select(by_modality: dict[str, list[Variant]], y: np.ndarray, seed: int) -> C
         alone = choose([[v] for v in variants], y, seed, boosting=all(v.dense for v in variants))
         chosen += alone.variants
         tried += alone.tried
-    fused = choose([chosen], y, seed, boosting=all(v.dense for v in chosen))
+    # k-mer counts (at most 4^6 columns) densify fine for boosting; hashed text n-grams do not.
+    fused = choose([chosen], y, seed, boosting=all(v.modality != "text" for v in chosen))
     fused.tried = tried + fused.tried
     return fused
 
