@@ -62,7 +62,7 @@ def test_every_contract_output_exists(run):
         for side in ("model", "baseline"):
             for name in ("auroc", "auprc", "accuracy", "macro_f1", "brier", "ece"):
                 assert set(metrics[side][name]) >= {"value", "ci"}, f"{task} {side} {name}"
-        assert metrics["baseline"]["name"].startswith("logistic_regression")
+        assert metrics["baseline"]["name"] and metrics["baseline"]["description"] and "settings" in metrics["baseline"]
         predictions = pq.read_table(results / "eval" / task / "predictions.parquet").to_pandas()
         assert len(predictions) == metrics["n_test"]
         test_subjects = set(splits.loc[splits["split"] == "test", "subject_id"])
