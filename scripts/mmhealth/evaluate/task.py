@@ -34,8 +34,8 @@ class EvalInputs:
     model_dir: Path
     labels: Path
     shards: dict[str, dict[str, list[Path]]]  # split (test; train: baseline; val: calibration) -> modality -> files
-    tokenizers: dict[str, Path]  # modality -> tokenizer folder (the baseline's vocabulary size)
-    ehr_parts: list[Path]  # ingest/ehr parts: sex and age subgroups; empty without EHR input
+    tokenizers: dict[str, Path]  # modality -> tokenizer folder (the baseline decodes tokens with it)
+    ehr_parts: list[Path]  # ingest/ehr parts: sex and age subgroups and the EHR baseline; empty without EHR
 
 
 @dataclass
@@ -79,8 +79,9 @@ def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: 
     classes = model.spec.classes
     data, _ = load_units(model, inputs.shards["test"], "test", str(inputs.labels))
     predictions = predictions_frame(model, data, labelled=True)
-    baseline_predictions = baseline.run_baseline(read_labels(inputs.labels).to_pandas(), inputs.shards,
-                                                 inputs.tokenizers, modalities, classes, seed=seed)
+    fitted = baseline.run_baseline(read_labels(inputs.labels).to_pandas(), inputs.shards, inputs.tokenizers,
+                                   modalities, classes, seed=seed, ehr_parts=inputs.ehr_parts)
+    baseline_predictions = fitted.predictions
     model_scores = scored(predictions, classes, n_boot, seed)
     result = {
         "task": task,
@@ -88,7 +89,7 @@ def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: 
         "n_subjects_test": int(predictions["subject_id"].nunique()),
         "classes": classes,
         "model": model_scores,
-        "baseline": {"name": baseline.baseline_name(modalities),
+        "baseline": {"name": fitted.name, "description": fitted.description, "settings": fitted.settings,
                      **scored(baseline_predictions, classes, n_boot, seed)},
         "comparisons": {"baseline": compare_auroc(predictions, baseline_predictions, classes, n_boot, seed)},
         **validation_fitted(model, inputs, predictions, classes, n_boot, seed),

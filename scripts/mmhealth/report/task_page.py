@@ -47,7 +47,8 @@ def headline_section(metrics: dict) -> str:
     counts = (f"Test set: {metrics.get('n_test', 'n/a')} label units from "
               f"{metrics.get('n_subjects_test', 'n/a')} subjects. Brackets: 95% bootstrap confidence interval.")
     return ("<h2 id=\"headline\">Headline metrics</h2>\n"
-            f"<p>{escape(counts)}</p>\n" + html_table(["Metric", "Model", baseline_title], rows))
+            f"<p>{escape(counts)}</p>\n<p>Baseline: {escape(baseline.get('description', 'none'))}.</p>\n"
+            + html_table(["Metric", "Model", baseline_title], rows))
 
 
 def comparison_section(metrics: dict) -> str:
