@@ -17,7 +17,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, before numpy starts its thread pool
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are not what is measured (read at tqdm import)
 
-import argparse
 import gzip
 import itertools
 import json
@@ -36,6 +35,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+from bench_common import bench_parser  # noqa: E402
 
 from mmhealth.ingest.common import WHOLE_INPUT, list_input_files  # noqa: E402
 from mmhealth.ingest.dicom import collect_dicom, ingest_dicom  # noqa: E402
@@ -156,11 +156,9 @@ def bench_fasta(tmp: Path, mbases: float, repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "ingest", repeats=3)
     parser.add_argument("--dicom-files", type=int, default=300, help="CT files per image size")
     parser.add_argument("--fasta-mbases", type=float, default=16, help="million bases of FASTA")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (best is kept)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ingest.json"))
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)  # stage logs are not what is measured
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:

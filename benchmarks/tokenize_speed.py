@@ -19,7 +19,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -38,6 +37,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+from bench_common import bench_parser  # noqa: E402
 
 from mmhealth.core.config import from_config  # noqa: E402
 from mmhealth.demo import data as make_demo_data  # noqa: E402
@@ -155,11 +155,9 @@ def print_table(results: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "tokenize_speed", repeats=5)
     parser.add_argument("--dna-mbases", type=float, default=2.0, help="million bases of random sequence")
     parser.add_argument("--notes", type=int, default=3000, help="clinical notes to encode")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (best is kept)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tokenize_speed.json"))
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)  # stage logs are not what is measured
     torch.set_num_threads(1)

@@ -28,6 +28,8 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+from bench_common import bench_parser, write_result  # noqa: E402
+
 from mmhealth.core.parquet_io import write_table  # noqa: E402
 
 SIZE, CHANNELS, SHARDS = 64, 3, 4
@@ -85,12 +87,11 @@ def child(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "train_memory")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--series", type=int, default=140, help="training series (the demo has ~140)")
     parser.add_argument("--slices", type=int, default=12, help="slices per series at 1x (the demo: 8-16)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_memory.json")
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child)
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     base = runs[0]["peak_rss_mb"]
     result = {"date": dt.date.today().isoformat(), "runs": runs,
               "ratio_largest_over_smallest": round(runs[-1]["peak_rss_mb"] / base, 3)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"peak RSS {' / '.join(str(r['peak_rss_mb']) for r in runs)} MB at {args.scales}x: "
           f"{result['ratio_largest_over_smallest']}x (target <= 1.3)")
 

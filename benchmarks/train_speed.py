@@ -16,7 +16,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse
 import copy
 import datetime as dt
 import json
@@ -33,6 +32,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+from bench_common import bench_parser, write_result  # noqa: E402
+
 from mmhealth.core.config import from_config  # noqa: E402
 from mmhealth.core.parquet_io import write_table  # noqa: E402
 from mmhealth.train.bags import build_units, read_row_ids  # noqa: E402
@@ -90,14 +91,12 @@ def bare(start: FusionClassifier, batches: list[dict], cfg: FinetuneConfig) -> f
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "train_speed", repeats=2)
     parser.add_argument("--units", type=int, default=256, help="training subjects")
     parser.add_argument("--rows", type=int, default=4, help="rows of 128 tokens per subject")
     parser.add_argument("--batch-size", type=int, default=8, help="subjects per batch (x rows = rows per step)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_speed.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -125,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
               "ours_samples_per_s": best_ours, "bare_samples_per_s": round(best_bare, 2),
               "ratio": round(best_ours / best_bare, 3),
               "data_wait_fraction": min(r["ours"]["data_wait_fraction"] for r in rounds), "rounds": rounds}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"ours {best_ours:.1f} samples/s, bare {best_bare:.1f} samples/s, ratio {result['ratio']:.3f} "
           f"(target >= 0.9); data wait {100 * result['data_wait_fraction']:.1f}% of step time (target <= 5%)")
 
