@@ -393,6 +393,10 @@ def test_the_person_running_it_sees_what_was_refused_and_unused(run):
     assert "labels without data (raw ids, shown here only): " + ", ".join(UNKNOWN_LABEL_IDS) in console
     image = accounting["modalities"]["image"]
     assert f"image: {image['records_in']} in, {image['records_out']} out" in console
+    for page in (run / "results" / "report.html", run / "results" / "eval" / "finding_note" / "report.html"):
+        html = page.read_text()
+        assert 'id="data"' in html and f"<td>{image['records_in']}</td>" in html, page
+        assert f"{len(UNKNOWN_LABEL_IDS)} of " in html and "labels name a subject with no data" in html, page
     for path in (run / "results").rglob("*"):  # the raw ids reach the console, nothing under results/
         if path.is_file():
             text = _parquet_text(path) if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
