@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import uniform_filter
 from sklearn.preprocessing import StandardScaler
 
@@ -51,8 +52,9 @@ def slice_features(hu: np.ndarray, low: float, high: float) -> np.ndarray:
     n = len(hu)
     flat = hu.reshape(n, -1)
     size = flat.shape[1]
-    bins = np.clip(((flat - low) * (HU_BINS / (high - low))).astype(np.int64), 0, HU_BINS - 1)  # equal width
-    hist = np.bincount((bins + HU_BINS * np.arange(n)[:, None]).ravel(), minlength=n * HU_BINS)
+    # equal width; clipped in floating point before the cast (the same bins as casting first, at half the cost)
+    bins = np.minimum(np.maximum(flat - low, 0) * (HU_BINS / (high - low)), HU_BINS - 1).astype(np.int32)
+    hist = np.bincount((bins + (HU_BINS * np.arange(n, dtype=np.int32))[:, None]).ravel(), minlength=n * HU_BINS)
     hist = hist.reshape(n, HU_BINS) / size
     tolerance = 1e-6 * (high - low)
     clipped = np.column_stack([(flat <= low + tolerance).mean(1), (flat >= high - tolerance).mean(1)])
@@ -64,7 +66,7 @@ def slice_features(hu: np.ndarray, low: float, high: float) -> np.ndarray:
     gradient = np.zeros_like(flat)
     if hu.shape[1] > 1 and hu.shape[2] > 1:
         gy, gx = np.gradient(hu, axis=(1, 2))
-        gradient = np.hypot(gx, gy).reshape(n, -1)
+        gradient = np.sqrt(gx * gx + gy * gy).reshape(n, -1)  # np.hypot is 2-3 times slower
     local_mean = uniform_filter(hu, size=(1, 3, 3), mode="reflect")
     local_var = np.maximum(uniform_filter(hu * hu, size=(1, 3, 3), mode="reflect") - local_mean**2, 0.0).reshape(n, -1)
     texture = np.column_stack([gradient.mean(1), gradient.std(1), local_var.mean(1), local_var.std(1)])
@@ -95,8 +97,8 @@ def row_slice_features(table, low: float, high: float, rows: np.ndarray | None =
         for start in range(0, len(at), CHUNK):
             chunk = at[start:start + CHUNK]
             middle = offsets[rows[chunk]] + (channels // 2) * height * width
-            index = middle[:, None] + np.arange(height * width)[None, :]
-            out[chunk] = slice_features(to_hu(values[index], low, high).reshape(-1, height, width), low, high)
+            pixels = sliding_window_view(values, height * width)[middle]  # each row's slice, no index array
+            out[chunk] = slice_features(to_hu(pixels, low, high).reshape(-1, height, width), low, high)
     return out
 
 
