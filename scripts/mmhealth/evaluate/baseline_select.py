@@ -167,8 +167,8 @@ def grid_cv_log_loss(variants: Sequence[Variant], family: str, grid: Sequence[di
 def fold_blocks(variant: Variant, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
                 cache: dict) -> list[tuple]:
     """Per fold, the variant's transform fitted on the fold's training rows: (its output on them, on the
-    validation rows). Kept in `cache` under the variant and the splits, so it is fitted once per fold."""
-    key = (id(variant), tuple(hash(val.tobytes()) for _, val in splits))
+    validation rows). Kept in `cache` under the variant, the labels and the splits, so it is fitted once per fold."""
+    key = (id(variant), hash(np.asarray(y).tobytes()), tuple(hash(val.tobytes()) for _, val in splits))
     if key not in cache:
         out = []
         with config_context(skip_parameter_validation=True):
