@@ -1,5 +1,7 @@
 """The baseline's feature builders on tiny inputs whose values are computed by hand."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -7,14 +9,36 @@ import pytest
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.impute import SimpleImputer
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mmhealth.evaluate.baseline_bags import row_unit_pairs, train_columns, unit_sum
-from mmhealth.evaluate.baseline_select import LR, Choice, Variant, choose, describe, fit_predict
+from mmhealth.evaluate.baseline_select import (
+    GRIDS,
+    HGB,
+    LR,
+    Choice,
+    Variant,
+    choose,
+    cv_folds,
+    describe,
+    fit_predict,
+    grid_cv_log_loss,
+    make_model,
+    stacked,
+)
 from mmhealth.evaluate.dna_baseline import kmer_counts, row_bases
 from mmhealth.evaluate.ehr_baseline import select_codes, subject_features
-from mmhealth.evaluate.image_baseline import SLICE_FEATURES, slice_features, to_hu
+from mmhealth.evaluate.image_baseline import (
+    MAX_SLICES_PER_BAG,
+    PERCENTILES,
+    SLICE_FEATURES,
+    bag_slices,
+    slice_features,
+    sorted_percentiles,
+    to_hu,
+)
 from mmhealth.evaluate.text_baseline import decode_rows, word_counts
 from mmhealth.tokenize.dna import kmer_ids_batch
 from mmhealth.tokenize.text import TextParams, train_wordpiece
@@ -118,5 +142,65 @@ def test_sparse_and_dense_blocks_fuse_with_missing_values():
                     True)
     choice = choose([[sparse, dense]], y, seed=0, boosting=False)
     prob = fit_predict(choice, y, 2, seed=0)
-    assert choice.cv_folds == 5 and len(choice.tried) == 5 and prob.shape == (4, 2)
+    assert choice.cv_folds == 3 and len(choice.tried) == 5 and prob.shape == (4, 2)  # 3 folds under 500 rows
     assert (prob.argmax(1) == y[:4]).all()
+
+
+def test_percentiles_from_sorted_rows_match_numpy():
+    rng = np.random.default_rng(0)
+    for shape in [(3, 4096), (2, 7), (2, 1)]:
+        x = rng.normal(size=shape).astype(np.float32)
+        got = sorted_percentiles(np.sort(x, axis=1), PERCENTILES)
+        assert got == pytest.approx(np.percentile(x, PERCENTILES, axis=1).T, abs=1e-6)
+    assert sorted_percentiles(np.array([[0.0, 10.0, 20.0, 30.0, 40.0]]), (25, 50, 90)).tolist() == [[10.0, 20.0, 36.0]]
+
+
+def test_image_bags_use_at_most_64_evenly_spaced_slices_and_count_them_all():
+    # unit 0 has 3 rows, unit 1 has 200 (given out of order): 64 of them from the first to the last, in order
+    rows = np.r_[[5, 3, 4], np.arange(300, 100, -1)]
+    owner = np.r_[[0, 0, 0], np.ones(200, np.int64)]
+    present, picked, sizes = bag_slices(rows, owner)
+    assert present.tolist() == [0, 1] and sizes.tolist() == [3, 200]
+    assert picked[0].tolist() == [3, 4, 5]
+    assert len(picked[1]) == MAX_SLICES_PER_BAG and picked[1][0] == 101 and picked[1][-1] == 300
+    assert (np.diff(picked[1]) > 0).all() and set(np.diff(picked[1])) <= {3, 4}
+
+
+def test_cv_uses_3_folds_under_500_rows_and_5_from_there():
+    assert cv_folds(np.repeat([0, 1], 100)) == 3 and cv_folds(np.repeat([0, 1], 250)) == 5
+    assert cv_folds(np.r_[np.zeros(600, np.int64), [1, 1]]) == 2 and cv_folds(np.r_[np.zeros(9, np.int64), [1]]) == 0
+
+
+def test_shared_fold_transforms_score_as_grid_search_and_are_fitted_once_per_fold():
+    # The per-fold transform outputs are computed once per variant and shared by every setting, both model
+    # families and a later fused candidate; the scores are GridSearchCV's on the whole pipeline.
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 30)
+    counts = sp.csr_matrix(rng.poisson(1.0, (60, 12)) + np.outer(y, [2] + [0] * 11))
+    values = np.column_stack([rng.normal(y, 1.0), np.where(rng.random(60) < 0.3, np.nan, rng.normal(size=60))])
+    fitted = []
+
+    class CountingScaler(StandardScaler):
+        def fit(self, X, y=None, sample_weight=None):
+            fitted.append(1)
+            return super().fit(X, y, sample_weight)
+
+    def counting_scaler():
+        return make_pipeline(SimpleImputer(), CountingScaler())
+
+    sparse = Variant("dna", "k", "k-mers", {}, counts, counts[:4], TfidfTransformer, False)
+    dense = Variant("ehr", "e", "codes", {}, values, values[:4], counting_scaler, True)
+    splits = list(StratifiedKFold(3, shuffle=True, random_state=0).split(values, y))
+    cache = {}
+    for candidate in ([dense], [sparse, dense]):
+        for family in (LR, HGB):
+            grid = [dict(zip(GRIDS[family], values_, strict=True))
+                    for values_ in itertools.product(*GRIDS[family].values())]
+            ours = grid_cv_log_loss(candidate, family, grid, y, splits, seed=0, cache=cache)
+            search = GridSearchCV(make_model(candidate, family, 0), GRIDS[family], scoring="neg_log_loss",
+                                  cv=splits, refit=False).fit(stacked(candidate, "train"), y)
+            assert ours == pytest.approx(-search.cv_results_["mean_test_score"], rel=1e-9)
+    # GridSearchCV fitted the dense variant's transform per setting and fold; ours once per fold (3 of them)
+    n_settings = len(GRIDS[LR]["model__C"]) + len(GRIDS[HGB]["model__max_depth"])
+    assert len(fitted) == 3 + 2 * n_settings * 3
+    assert set(np.concatenate([val for _, val in splits]).tolist()) == set(range(60))

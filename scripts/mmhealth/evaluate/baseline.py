@@ -68,13 +68,13 @@ def select(by_modality: dict[str, list[Variant]], y: np.ndarray, seed: int) -> C
     if len(by_modality) == 1:
         variants = next(iter(by_modality.values()))
         return choose([[v] for v in variants], y, seed, boosting=all(v.dense for v in variants))
-    chosen, tried = [], []
+    chosen, tried, cache = [], [], {}  # the cache: each variant's per-fold transforms, reused in the fusion
     for variants in by_modality.values():
-        alone = choose([[v] for v in variants], y, seed, boosting=all(v.dense for v in variants))
+        alone = choose([[v] for v in variants], y, seed, boosting=all(v.dense for v in variants), cache=cache)
         chosen += alone.variants
         tried += alone.tried
     # k-mer counts (at most 4^6 columns) densify fine for boosting; hashed text n-grams do not.
-    fused = choose([chosen], y, seed, boosting=all(v.modality != "text" for v in chosen))
+    fused = choose([chosen], y, seed, boosting=all(v.modality != "text" for v in chosen), cache=cache)
     fused.tried = tried + fused.tried
     return fused
 
