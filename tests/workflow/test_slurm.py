@@ -228,8 +228,8 @@ def _assert_close(slurm, local, where: str) -> None:
         assert len(slurm) == len(local), where
         for i, (a, b) in enumerate(zip(slurm, local, strict=True)):
             _assert_close(a, b, f"{where}[{i}]")
-    elif isinstance(local, float):
-        assert math.isclose(slurm, local, rel_tol=1e-6, abs_tol=1e-9), f"{where}: {slurm} != {local}"
+    elif isinstance(local, float):  # float32 training: reduction order differs between processes at ~1e-6
+        assert math.isclose(slurm, local, rel_tol=1e-4, abs_tol=1e-7), f"{where}: {slurm} != {local}"
     else:
         assert slurm == local, where
 
