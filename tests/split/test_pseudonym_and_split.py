@@ -1,3 +1,4 @@
+import json
 import threading
 
 import numpy as np
@@ -9,6 +10,7 @@ import subject_split as split_entry
 import task_labels as labels_entry
 from mmhealth.core import pseudonym
 from mmhealth.split import subject_split, task_labels
+from mmhealth.split.assignment import state_text
 
 
 def test_salt_created_once_and_reused(tmp_path):
@@ -84,10 +86,15 @@ def test_split_cli_unions_modalities(tmp_path):
 
     write_table(pa.table({"subject_id": pa.array([1, 2, 3], pa.int64())}), tmp_path / "a.parquet", "ingest")
     write_table(pa.table({"subject_id": pa.array([3, 4], pa.int64())}), tmp_path / "b.parquet", "ingest")
-    out = tmp_path / "subjects.parquet"
+    out, fractions = tmp_path / "subjects.parquet", {"train": 0.8, "val": 0.1, "test": 0.1}
+    (tmp_path / "shard-0.json").write_text(state_text(fractions, {3: "val"}))  # subject 3 stratified into val
     split_entry.main(["--parts", str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet"),
-                        "--fractions", '{"train": 0.8, "val": 0.1, "test": 0.1}', "--out", str(out)])
-    assert pq.read_table(out).column("subject_id").to_pylist() == [1, 2, 3, 4]
+                      "--fractions", json.dumps(fractions), "--split-files", str(tmp_path / "shard-0.json"),
+                      "--out", str(out)])
+    table = pq.read_table(out).to_pylist()
+    assert [r["subject_id"] for r in table] == [1, 2, 3, 4]
+    assert {r["subject_id"]: r["split"] for r in table}[3] == "val"
+    assert all(r["split"] == subject_split.split_of(r["subject_id"], fractions) for r in table if r["subject_id"] != 3)
     assert read_metadata(out)["stage"] == "split"
 
 
@@ -137,3 +144,16 @@ def test_a_split_with_too_few_subjects_of_a_class_warns_or_fails(tmp_path, caplo
     assert "split 'val' has 1 subject(s) of class '0'" in caplog.text and "split 'train'" not in caplog.text
     with pytest.raises(task_labels.LabelFileError, match=r"audit\.min_subjects_per_class: 2"):
         task_labels.write_task_labels(*args, min_subjects_per_class=2, on_small_class="fail")
+
+
+def test_label_file_from_a_spreadsheet_reads_like_any_csv(tmp_path):
+    """'CSV UTF-8' (byte-order mark), CRLF and a blank line: same table, lines named as in the file."""
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"\xef\xbb\xbfsubject_id,label\r\nMRN1,1\r\n\r\nMRN2,0\r\n MRN3 ,\r\n")
+    frame = task_labels.read_label_file(str(path))
+    assert list(frame.columns) == ["subject_id", "label"] and len(frame) == 3
+    with pytest.raises(task_labels.LabelFileError, match="line 5: empty label"):
+        task_labels.pseudonymise_labels(frame, b"k" * 64, ["ehr"], str(path))
+    path.write_bytes(b"subject_id,label\nMRN1,1,extra\n")
+    with pytest.raises(task_labels.LabelFileError, match="line 2"):
+        task_labels.read_label_file(str(path))

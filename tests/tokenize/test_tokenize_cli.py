@@ -17,6 +17,7 @@ import tokenize_modality
 from conftest import FRACTIONS, ids_in_split
 from mmhealth.core.parquet_io import read_metadata
 from mmhealth.core.special_tokens import CLS_ID
+from mmhealth.split.assignment import state_text
 from mmhealth.split.subject_split import split_of
 from mmhealth.tokenize import dna
 from mmhealth.tokenize.common import encode_shard, tokenizer_sha256
@@ -72,13 +73,23 @@ def run_tokenizer(root: Path) -> Path:
     return root / "dna" / "tok"
 
 
-def run_stage(root: Path, modality: str, source: str, params: dict) -> dict[str, Path]:
+def split_file(root: Path, assigned: dict[int, str] | None = None) -> Path:
+    """A staged split assignment as split/stratify.py writes one (no labelled subject by default)."""
+    path = root / "splits" / "shard-0.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(state_text(FRACTIONS, assigned or {}))
+    return path
+
+
+def run_stage(root: Path, modality: str, source: str, params: dict, assigned: dict[int, str] | None = None,
+              ) -> dict[str, Path]:
     part, tokenizer = root / source / "part-0.parquet", root / modality / "tok"
+    splits = split_file(root, assigned)
     tokenize_modality.main(["fit", "--modality", modality, "--ingest-parts", str(part), "--fractions", json.dumps(FRACTIONS),
-                        "--out-dir", str(tokenizer), "--params-json", json.dumps(params)])
+                        "--split-files", str(splits), "--out-dir", str(tokenizer), "--params-json", json.dumps(params)])
     outs = {split: root / "tokens" / modality / split / "shard-0.parquet" for split in ("train", "val", "test")}
     tokenize_modality.main(["encode", "--modality", modality, "--ingest-part", str(part), "--fractions", json.dumps(FRACTIONS),
-                         "--tokenizer-dir", str(tokenizer), "--out-train", str(outs["train"]),
+                         "--split-file", str(splits), "--tokenizer-dir", str(tokenizer), "--out-train", str(outs["train"]),
                          "--out-val", str(outs["val"]), "--out-test", str(outs["test"]),
                          "--params-json", json.dumps(params)])
     return outs
@@ -131,6 +142,21 @@ def test_rows_get_the_split_stage_split_of_their_subject(inputs):
     assert sum(pq.read_table(p).num_rows for p in outs.values()) == dna_part().num_rows
 
 
+def test_a_labelled_subjects_staged_split_overrides_the_hash(inputs):
+    """A subject the stratified assignment placed elsewhere goes there, in every split output and the fit."""
+    moved = {TRAIN_A: "test"}
+    outs = run_stage(inputs, "ehr", "ehr", {}, assigned=moved)
+    assert TRAIN_A in pq.read_table(outs["test"]).column("subject_id").to_pylist()
+    assert TRAIN_A not in pq.read_table(outs["train"]).column("subject_id").to_pylist()
+    with pytest.raises(ValueError, match="split fractions"):  # a file staged for other fractions is refused
+        (inputs / "splits" / "shard-0.json").write_text(state_text({"train": 0.9, "val": 0.05, "test": 0.05}, {}))
+        tokenize_modality.main(["encode", "--modality", "ehr", "--ingest-part", str(inputs / "ehr" / "part-0.parquet"),
+                                "--fractions", json.dumps(FRACTIONS), "--split-file",
+                                str(inputs / "splits" / "shard-0.json"), "--tokenizer-dir", str(inputs / "ehr" / "tok"),
+                                "--out-train", str(outs["train"]), "--out-val", str(outs["val"]),
+                                "--out-test", str(outs["test"])])
+
+
 def test_new_data_is_written_whole_with_the_fitted_tokenizer(inputs):
     """--out-all: every row in one file, for prediction; the same ids as the split outputs."""
     outs = run_stage(inputs, "text", "ehr", {"vocab_size": 100})
@@ -160,6 +186,7 @@ def test_encode_path_runs_standalone_without_transformers(inputs):
     result = subprocess.run(
         [sys.executable, "-X", "importtime", str(SCRIPTS / "tokenize_modality.py"), "encode", "--modality", "text",
          "--ingest-part", str(inputs / "ehr" / "part-0.parquet"), "--fractions", json.dumps(FRACTIONS),
+         "--split-file", str(inputs / "splits" / "shard-0.json"),
          "--tokenizer-dir", str(inputs / "text" / "tok"), "--out-train", str(fresh),
          "--out-val", str(inputs / "v.parquet"), "--out-test", str(inputs / "t.parquet")],
         capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})

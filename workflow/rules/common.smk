@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from mmhealth.core.config import config_problems  # noqa: E402  (scripts/mmhealth is the workflow's own code)
 from mmhealth.core.tokenizer_binding import bind_text_tokenizer  # noqa: E402
 from mmhealth.ingest import raw_index  # noqa: E402
+from mmhealth.split import stratify  # noqa: E402
 
 # One line per problem, naming the key (with a "did you mean"), before Snakemake's own validation, whose
 # message would bury it in a dump of the schema.
@@ -69,6 +70,11 @@ _check_config()
 # Which raw files feed which shard; reads only new or changed files (cache in the staging folder).
 RAW_INDEX = raw_index.build_index(
     config["inputs"], config["privacy"]["salt_file"], config["shards"], config["staging"]
+)
+# Labelled subjects' splits, stratified by their labels and kept once made (one staged file per shard).
+SPLIT_ASSIGNMENTS = stratify.stage_splits(
+    {t: spec["labels"] for t, spec in config["tasks"].items()}, config["split"], config["privacy"]["salt_file"],
+    config["shards"], config["staging"],
 )
 TOKENIZED = sorted({m for spec in config["tasks"].values() for m in spec["modalities"]})
 # New data to predict on (config `predict`): batches of raw exports run through trained tasks.

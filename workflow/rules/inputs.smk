@@ -67,7 +67,17 @@ def meds_inputs(wildcards):
 
 
 def tokenizer_inputs(wildcards):
-    return [ancient(p) for p in ingest_parts(TOKEN_SOURCE[wildcards.modality])]
+    """Train rows of the ingest parts; ancient, like the split files: a fitted vocabulary is kept as data grows."""
+    return {
+        "parts": [ancient(p) for p in ingest_parts(TOKEN_SOURCE[wildcards.modality])],
+        "splits": [ancient(p) for p in SPLIT_ASSIGNMENTS],
+        "code": modality_code("tokenize_modality")(wildcards),
+    }
+
+
+def split_assignment(wildcards):
+    """This shard's staged assignment of labelled subjects to splits (split/stratify.py)."""
+    return SPLIT_ASSIGNMENTS[int(wildcards.shard)]
 
 
 def tokenize_shard_input(wildcards):

@@ -4,6 +4,7 @@
 rule subject_split:
     input:
         parts=ingested_parts,
+        splits=SPLIT_ASSIGNMENTS,
         code=entry_code("subject_split"),
     output:
         subjects_table(),
@@ -19,7 +20,7 @@ rule subject_split:
         runtime=runtime_min(10),
     shell:
         "python {input.code[0]:q} --parts {input.parts:q} --fractions {params.fractions:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --split-files {input.splits:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule task_labels:

@@ -5,8 +5,7 @@
 
 rule fit_tokenizer:
     input:
-        parts=tokenizer_inputs,
-        code=modality_code("tokenize_modality"),
+        unpack(tokenizer_inputs),
     output:
         directory(tokenizer_dir("{modality}")),
     params:
@@ -24,12 +23,13 @@ rule fit_tokenizer:
         runtime=runtime_min(30),
     shell:
         "python {input.code[0]:q} fit --modality {wildcards.modality} --ingest-parts {input.parts:q}"
-        " --fractions {params.fractions:q} --out-dir {output:q} --params-json {params.tokenize:q} > {log:q} 2>&1"
+        " --fractions {params.fractions:q} --split-files {input.splits:q} --out-dir {output:q} --params-json {params.tokenize:q} > {log:q} 2>&1"
 
 
 rule tokenize_shard:
     input:
         part=tokenize_shard_input,
+        splits=split_assignment,
         tokenizer=tokenizer_dir("{modality}"),
         code=modality_code("tokenize_modality"),
     output:
@@ -51,7 +51,7 @@ rule tokenize_shard:
         runtime=runtime_min(30),
     shell:
         "python {input.code[0]:q} encode --modality {wildcards.modality} --ingest-part {input.part:q}"
-        " --fractions {params.fractions:q} --tokenizer-dir {input.tokenizer:q} --out-train {output.train:q}"
+        " --fractions {params.fractions:q} --split-file {input.splits:q} --tokenizer-dir {input.tokenizer:q} --out-train {output.train:q}"
         " --out-val {output.val:q} --out-test {output.test:q} --params-json {params.tokenize:q}"
         " > {log:q} 2>&1"
 

@@ -1,12 +1,14 @@
 """Subject-level train/val/test split shared by every modality and task.
 
-A subject's split is a pure function of its pseudonym, so adding subjects never moves existing ones and
-no subject can straddle two splits whichever modality it comes from.
+A labelled subject's split is its stratified assignment (split/stratify.py); any other subject's is a pure
+function of its pseudonym. Either way a subject never moves when others are added, and no subject can
+straddle two splits whichever modality it comes from.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -30,18 +32,25 @@ def split_of(subject_id: int, fractions: dict[str, float]) -> str:
     return SPLITS[-1]  # u within rounding of 1.0
 
 
-def subject_split(subject_ids: np.ndarray, fractions: dict[str, float]) -> pa.Table:
-    """Table of (subject_id, split) for the unique subjects, sorted by subject_id."""
+def subject_split(subject_ids: np.ndarray, fractions: dict[str, float],
+                  assigned: Mapping[int, str] | None = None) -> pa.Table:
+    """Table of (subject_id, split) for the unique subjects, sorted by subject_id; `assigned` (labelled
+    subjects' stratified splits) overrides the hash."""
+    assigned = assigned or {}
     unique = np.unique(np.asarray(subject_ids, dtype=np.int64))
-    splits = [split_of(int(s), fractions) for s in unique]
+    splits = [assigned.get(int(s)) or split_of(int(s), fractions) for s in unique]
     return pa.table({"subject_id": pa.array(unique, pa.int64()), "split": pa.array(splits, pa.string())})
 
 
-def write_subject_split(parts: list[str], fractions: dict[str, float], out: str) -> pa.Table:
+def write_subject_split(parts: list[str], fractions: dict[str, float], out: str,
+                        assigned: Mapping[int, str] | None = None) -> pa.Table:
     """The split of every subject found in the ingested parts (any modality), written to `out`."""
     ids = read_tables(parts, columns=["subject_id"]).column("subject_id").to_numpy()
-    table = subject_split(ids, fractions)
-    write_table(table, out, stage="split", params={"fractions": fractions})
+    table = subject_split(ids, fractions, assigned)
+    stratified = int(np.isin(table.column("subject_id").to_numpy(), list(assigned or {})).sum())
+    write_table(table, out, stage="split",
+                params={"fractions": fractions, "method": "label-stratified, then pseudonym hash",
+                        "stratified_subjects": stratified})
     counts = pc.value_counts(table.column("split")).to_pylist()
     log.info("%d subjects: %s", table.num_rows, {c["values"]: c["counts"] for c in counts})
     return table

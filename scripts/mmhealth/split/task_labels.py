@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from mmhealth.core.modalities import RECORD_KIND
 from mmhealth.core.parquet_io import write_table
 from mmhealth.core.pseudonym import record_pseudonym, subject_pseudonym
+from mmhealth.ingest import ehr_csv
 
 log = logging.getLogger("task_labels")
 
@@ -25,11 +26,21 @@ class LabelFileError(ValueError):
 
 
 def read_label_file(path: str) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {"subject_id", "label"} - set(frame.columns)
-    if missing:
-        raise LabelFileError(f"{path}: missing column(s) {sorted(missing)}; need subject_id, label [, record_id]")
-    return frame
+    """The label table as text, read by the workflow's one CSV reader (byte-order mark, CRLF, quoted line
+    breaks), as the parse-time stratification read it. Index + 2 is each row's line in the file."""
+    try:
+        header, rows = ehr_csv.read_csv(path, "utf-8")
+        missing = {"subject_id", "label"} - set(header)
+        if missing:
+            raise LabelFileError(f"{path}: missing column(s) {sorted(missing)}; need subject_id, label [, record_id]")
+        read = list(rows)
+    except ehr_csv.CsvFileError as exc:
+        raise LabelFileError(str(exc)) from None
+    for row in read:
+        if row.problems:
+            raise LabelFileError(f"{path}: line {row.line}: {'; '.join(row.problems)}")
+    return pd.DataFrame([row.cells for row in read], columns=header, index=[row.line - 2 for row in read],
+                        dtype=str)
 
 
 def pseudonymise_labels(frame: pd.DataFrame, key: bytes, modalities: list[str], source: str) -> pd.DataFrame:

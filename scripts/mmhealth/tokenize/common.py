@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,16 +53,19 @@ def parse_fractions(text: str | dict[str, float]) -> dict[str, float]:
     return fractions
 
 
-def split_of_rows(subject_ids: pa.ChunkedArray | pa.Array, fractions: dict[str, float]) -> pa.Array:
-    """The split of each row's subject: the split stage's pure function of the pseudonym, so a shard job
-    needs no split table and a new subject elsewhere never touches it."""
+def split_of_rows(subject_ids: pa.ChunkedArray | pa.Array, fractions: dict[str, float],
+                  assigned: Mapping[int, str] | None = None) -> pa.Array:
+    """The split of each row's subject: its label-stratified assignment (`split/stratify.py`, this shard's
+    staged file) for labelled subjects, else the pure hash of the pseudonym, so a shard job needs no
+    split table and a new subject elsewhere never touches it."""
+    assigned = assigned or {}
     unique = pc.unique(subject_ids).to_pylist()
-    splits = pa.array([split_of(s, fractions) for s in unique], pa.string())
+    splits = pa.array([assigned.get(s) or split_of(s, fractions) for s in unique], pa.string())
     return pc.take(splits, pc.index_in(subject_ids, value_set=pa.array(unique, pa.int64())))
 
 
-def train_rows_only(rows: pa.Table, fractions: dict[str, float]) -> pa.Table:
-    return rows.filter(pc.equal(split_of_rows(rows.column("subject_id"), fractions), "train"))
+def train_rows_only(rows: pa.Table, fractions: dict[str, float], assigned: Mapping[int, str] | None = None) -> pa.Table:
+    return rows.filter(pc.equal(split_of_rows(rows.column("subject_id"), fractions, assigned), "train"))
 
 
 def read_ingest_parts(paths: Sequence[str | os.PathLike]) -> pa.Table:
@@ -114,12 +117,13 @@ def tokenizer_sha256(tokenizer_dir: str | os.PathLike) -> str:
 
 
 def fit_modality_tokenizer(module: ModuleType, ingest_parts: Sequence[str | os.PathLike], fractions: dict[str, float],
-                           out_dir: str | os.PathLike, params: dict[str, Any] | None = None) -> str:
+                           out_dir: str | os.PathLike, params: dict[str, Any] | None = None,
+                           assigned: Mapping[int, str] | None = None) -> str:
     """Fit `modality`'s tokenizer on its rows of train-split subjects only; returns the folder's sha256."""
     modality = module.MODALITY
     config = from_config(module.PARAMS, params)
     rows = module.modality_rows(read_ingest_parts(ingest_parts))
-    train_rows = train_rows_only(rows, fractions)
+    train_rows = train_rows_only(rows, fractions, assigned)
     log.info("fitting %s tokenizer on %d of %d rows (train subjects only) from %d part(s); params %s",
              modality, train_rows.num_rows, rows.num_rows, len(ingest_parts), json.dumps(dataclasses.asdict(config)))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,7 @@ def fit_modality_tokenizer(module: ModuleType, ingest_parts: Sequence[str | os.P
 
 def encode_shard(module: ModuleType, ingest_part: str | os.PathLike, fractions: dict[str, float] | None,
                  tokenizer_dir: str | os.PathLike, out_paths: dict[str, str | os.PathLike],
-                 params: dict[str, Any] | None = None) -> dict[str, int]:
+                 params: dict[str, Any] | None = None, assigned: Mapping[int, str] | None = None) -> dict[str, int]:
     """Encode `ingest_part` and write one file per split (keys of `out_paths`: train, val, test), or every
     row to one file (the only key: all; `fractions` unused); rows per output."""
     if set(out_paths) not in (set(SPLITS), {ALL_ROWS}):
@@ -146,7 +150,7 @@ def encode_shard(module: ModuleType, ingest_part: str | os.PathLike, fractions: 
         write_table(encoded, out_paths[ALL_ROWS], STAGE, metadata)
         log.info("%s: %d %s rows written", Path(ingest_part).name, encoded.num_rows, modality)
         return {ALL_ROWS: encoded.num_rows}
-    row_split = split_of_rows(encoded.column("subject_id"), fractions)
+    row_split = split_of_rows(encoded.column("subject_id"), fractions, assigned)
     counts = {}
     for split in SPLITS:
         rows = encoded.filter(pc.equal(row_split, split))
