@@ -94,7 +94,7 @@ def fasta_file_shards(path: str, root: str, key: bytes, shards: int, regex: re.P
     return sorted(found)
 
 
-def _write_if_changed(path: Path, text: str) -> None:
+def write_if_changed(path: Path, text: str) -> None:
     """Leave an identical file untouched, so Snakemake sees no new input."""
     if path.exists() and path.read_text(encoding="utf-8", errors="surrogateescape") == text:
         return
@@ -134,14 +134,14 @@ def stage_ehr_table(path: str, subject_column: str, key: bytes, shards: int, out
         staged = []
         for shard in range(shards):
             target = out_dir / f"shard-{shard}.csv"
-            _write_if_changed(target, original.decode("utf-8", errors="surrogateescape"))
+            write_if_changed(target, original.decode("utf-8", errors="surrogateescape"))
             staged.append(target)
         return staged
     staged = []
     for shard, shard_rows in enumerate(buffers):
         target = out_dir / f"shard-{shard}.csv"
         text = _csv_text([[LINE_COLUMN, *header], *shard_rows])
-        _write_if_changed(target, text)
+        write_if_changed(target, text)
         staged.append(target)
     return staged
 
@@ -218,7 +218,7 @@ def build_index(inputs: dict, salt_file: str, shards: int, staging: str) -> RawI
         fresh["ehr"][table["path"]] = [stat, table["subject_id"], encoding]
         for shard, path in enumerate(staged):
             index.ehr.setdefault(shard, []).append(str(path))
-    _write_if_changed(cache_path, json.dumps(fresh, sort_keys=True))
+    write_if_changed(cache_path, json.dumps(fresh, sort_keys=True))
     return index
 
 

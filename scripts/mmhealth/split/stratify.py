@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mmhealth.core.pseudonym import load_or_create_salt, shard_of, subject_pseudonym, unit_interval
 from mmhealth.ingest import ehr_csv
+from mmhealth.ingest.raw_index import write_if_changed
 from mmhealth.split.assignment import read_assignment, state_text
 from mmhealth.split.subject_split import SPLITS, split_of
 
@@ -79,16 +80,6 @@ def assign_splits(strata: Strata, fractions: Mapping[str, float],
     return result
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    """Leave an identical file untouched, so Snakemake sees no new input."""
-    if path.exists() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def stage_splits(label_files: Mapping[str, str | os.PathLike], fractions: Mapping[str, float], salt_file: str,
                  shards: int, staging: str | os.PathLike) -> list[str]:
     """Assign new labelled subjects, keep the rest, and write one assignment file per shard; their paths."""
@@ -99,13 +90,13 @@ def stage_splits(label_files: Mapping[str, str | os.PathLike], fractions: Mappin
         log.warning("split fractions changed: labelled subjects are assigned afresh")
     strata = label_strata(label_files, load_or_create_salt(salt_file))
     assigned = assign_splits(strata, fractions, previous)
-    _write_if_changed(state_path, state_text(fractions, assigned))
+    write_if_changed(state_path, state_text(fractions, assigned))
     by_shard: list[dict[int, str]] = [{} for _ in range(shards)]
     for subject, split in assigned.items():
         by_shard[shard_of(subject, shards)][subject] = split
     paths = []
     for shard, subjects in enumerate(by_shard):
         path = folder / f"shard-{shard}.json"
-        _write_if_changed(path, state_text(fractions, subjects))
+        write_if_changed(path, state_text(fractions, subjects))
         paths.append(str(path))
     return paths
