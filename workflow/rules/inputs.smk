@@ -3,7 +3,7 @@ from mmhealth.core.tokenizer_binding import task_token_views  # noqa: E402
 
 # Which tokenised view of each modality each task reads: the pipeline's own (None), or the view of the
 # tokenizer its pretrained encoder needs (scripts/mmhealth/core/tokenizer_binding.py).
-TOKEN_VIEWS = task_token_views(config, {t: model_dir(t) for t in TASKS})
+TOKEN_VIEWS = task_token_views(config, {t: model_dir(t) for t in TASKS}, RESULTS)
 
 
 def dicom_shard_files(wildcards):

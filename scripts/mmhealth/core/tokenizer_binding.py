@@ -7,7 +7,7 @@ tokenised with that folder's own tokenizer, or its ids land on the wrong rows of
 that tokenizer is the pipeline's, the task reads a view of its own, named by a short digest of the folder's
 tokenizer.json: identical tokenizers share a view, and adding a task with another tokenizer adds a view
 without touching the others. An encoder trained in this run (a folder inside another task's model) reads the
-view that task read.
+view that task read; one another stage of the run writes reads the view that stage names (`produced`).
 
 `tokenizer_view` answers the one question every reader of tokens asks (a task's encoder here; any stage that
 starts from a checkpoint may ask it too): which view holds this modality tokenised for this encoder folder?
@@ -61,15 +61,27 @@ class TokenViews:
     sources: dict[str, str]  # view -> the encoder folder whose tokenizer it is tokenised with
 
 
-def task_token_views(config: dict, model_dirs: dict[str, str | Path]) -> TokenViews:
+def task_token_views(config: dict, model_dirs: dict[str, str | Path], results: str | Path,
+                     produced: dict[str, dict[str, str | None]] | None = None) -> TokenViews:
     """Each task's view of each of its modalities. `model_dirs`: task -> its model folder in this run (an
-    encoder inside one was trained on that task's view)."""
+    encoder inside one was trained on that task's view). `produced`: other folders this run writes that an
+    encoder may start from (a pretrained model) -> modality -> the folder whose tokenizer it was trained with
+    (None: the pipeline's), e.g. {pretrained text folder: {"text": pretrain.text.init_from}}. Any other folder
+    under `results` is the run's own and reads the pipeline's view; a folder outside it is a pretrained
+    encoder, read with its own tokenizer. Every view a produced folder needs is in `sources` too."""
     by_task: dict[str, dict[str, str | None]] = {}
     sources: dict[str, str] = {}
+    produced_views: dict[Path, dict[str, str | None]] = {}
+    for folder, tokenizers in (produced or {}).items():
+        views = produced_views.setdefault(Path(folder).resolve(), {})
+        for modality, source in tokenizers.items():
+            views[modality] = source and tokenizer_view(config, modality, source, f"{folder} ({modality})")
+            if views[modality]:
+                sources.setdefault(views[modality], source)
 
-    def trained_here(folder: str) -> str | None:
+    def within(folder: str, roots) -> Path | str | None:
         found = Path(folder).resolve()
-        return next((t for t, d in sorted(model_dirs.items()) if found.is_relative_to(Path(d).resolve())), None)
+        return next((key for key, root in roots if found.is_relative_to(Path(root).resolve())), None)
 
     def resolve(task: str, seen: frozenset[str]) -> dict[str, str | None]:
         if task in by_task:
@@ -77,11 +89,14 @@ def task_token_views(config: dict, model_dirs: dict[str, str | Path]) -> TokenVi
         spec, views = config["tasks"][task], {}
         for modality in spec["modalities"]:
             found = encoder_folder(spec, modality)
-            origin = found and trained_here(found[1])
             if not found:
                 views[modality] = None
-            elif origin:  # a cycle is left for Snakemake to report
+            elif origin := within(found[1], sorted(model_dirs.items())):  # a cycle is left for Snakemake
                 views[modality] = None if origin in seen else resolve(origin, seen | {task}).get(modality)
+            elif folder := within(found[1], [(root, root) for root in produced_views]):
+                views[modality] = produced_views[folder].get(modality)
+            elif within(found[1], [(True, results)]):
+                views[modality] = None
             else:
                 views[modality] = tokenizer_view(config, modality, found[1], f"tasks.{task}.{found[0]}")
                 if views[modality]:
