@@ -94,9 +94,9 @@ use rule predict_tokenize as predict_tokenize_view with:
     params:
         tokenize=view_tokenize_params,
     log:
-        log_path("predict", "{batch}", "tokenize-{modality}@{view}"),
+        log_path("predict", "{batch}", "tokenize-" + token_view_folder("{modality}", "{view}")),
     benchmark:
-        benchmark_path("predict", "{batch}", "tokenize-{modality}@{view}")
+        benchmark_path("predict", "{batch}", "tokenize-" + token_view_folder("{modality}", "{view}"))
 
 
 rule predict_task:

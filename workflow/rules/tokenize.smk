@@ -64,9 +64,9 @@ use rule fit_tokenizer as fit_view_tokenizer with:
     params:
         tokenize=view_tokenize_params,
     log:
-        log_path("tokenize", "{modality}@{view}", "fit"),
+        log_path("tokenize", token_view_folder("{modality}", "{view}"), "fit"),
     benchmark:
-        benchmark_path("tokenize", "{modality}@{view}", "fit")
+        benchmark_path("tokenize", token_view_folder("{modality}", "{view}"), "fit")
 
 
 use rule tokenize_shard as tokenize_view_shard with:
@@ -81,9 +81,9 @@ use rule tokenize_shard as tokenize_view_shard with:
     params:
         tokenize=view_tokenize_params,
     log:
-        log_path("tokenize", "{modality}@{view}", "shard-{shard}"),
+        log_path("tokenize", token_view_folder("{modality}", "{view}"), "shard-{shard}"),
     benchmark:
-        benchmark_path("tokenize", "{modality}@{view}", "shard-{shard}")
+        benchmark_path("tokenize", token_view_folder("{modality}", "{view}"), "shard-{shard}")
 
 
 rule tokenize:
