@@ -79,7 +79,8 @@ def task_token_views(config: dict, model_dirs: dict[str, str | Path], results: s
             if views[modality]:
                 sources.setdefault(views[modality], source)
 
-    def within(folder: str, roots) -> Path | str | None:
+    def within(folder: str, roots: list[tuple]) -> object | None:
+        """The key of the first (key, root) whose root holds `folder`."""
         found = Path(folder).resolve()
         return next((key for key, root in roots if found.is_relative_to(Path(root).resolve())), None)
 
@@ -95,7 +96,7 @@ def task_token_views(config: dict, model_dirs: dict[str, str | Path], results: s
                 views[modality] = None if origin in seen else resolve(origin, seen | {task}).get(modality)
             elif folder := within(found[1], [(root, root) for root in produced_views]):
                 views[modality] = produced_views[folder].get(modality)
-            elif within(found[1], [(True, results)]):
+            elif Path(found[1]).resolve().is_relative_to(Path(results).resolve()):
                 views[modality] = None
             else:
                 views[modality] = tokenizer_view(config, modality, found[1], f"tasks.{task}.{found[0]}")

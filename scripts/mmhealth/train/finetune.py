@@ -71,8 +71,8 @@ def build_classifier(task: str, modalities: list[str], classes: list[str], model
                 vocab, _ = token_limits(inputs.tokenizers[m], inputs.shards["train"][m][0])
                 if vocab > encoders[m].config.vocab_size:
                     raise ValueError(f"{m} tokens of tokenizer {inputs.tokenizers[m]} use {vocab} ids but the "
-                                     f"encoder {path} knows {encoders[m].config.vocab_size}: tokenise {m} with the "
-                                     "encoder's own tokenizer (see tokenize.text.tokenizer_path)")
+                                     f"encoder {path} knows {encoders[m].config.vocab_size}: the ids would land on other "
+                                     "rows of its embeddings; tokenise with the encoder's own tokenizer")
         elif m == "image":
             encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.image_shape)
         else:
