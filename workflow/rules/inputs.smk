@@ -1,4 +1,9 @@
 # Input functions and the params derived from them: a job is handed exactly the files its rule declares.
+from mmhealth.core.tokenizer_binding import task_token_views  # noqa: E402
+
+# Which tokenised view of each modality each task reads: the pipeline's own (None), or the view of the
+# tokenizer its pretrained encoder needs (scripts/mmhealth/core/tokenizer_binding.py).
+TOKEN_VIEWS = task_token_views(config, {t: model_dir(t) for t in TASKS}, RESULTS)
 
 
 def dicom_shard_files(wildcards):
@@ -88,13 +93,30 @@ def tokenize_params(wildcards):
     return as_json(config["tokenize"][wildcards.modality])
 
 
+def view_tokenize_params(wildcards):
+    """A view's params: the modality's own, with the encoder folder's tokenizer copied instead of fitted."""
+    return as_json({**config["tokenize"][wildcards.modality], "tokenizer_path": TOKEN_VIEWS.sources[wildcards.view]})
+
+
+def task_view(task, modality):
+    """The view of `modality` that `task` reads (None: the pipeline's own)."""
+    return TOKEN_VIEWS.by_task[task][modality]
+
+
+def token_views():
+    """(modality, view) of every tokenised view some task reads, the pipeline's own first."""
+    pairs = {(m, task_view(t, m)) for t in TASKS for m in task_modalities(t)}
+    return sorted(pairs, key=lambda pair: (pair[0], pair[1] or ""))
+
+
 def task_modalities(task):
     return config["tasks"][task]["modalities"]
 
 
 def task_shard_map(task, splits):
     """split -> modality -> the task's token shard files, in shard order."""
-    return {s: {m: [token_shard(m, s, k) for k in SHARDS] for m in task_modalities(task)} for s in splits}
+    return {s: {m: [token_shard(m, s, k, task_view(task, m)) for k in SHARDS] for m in task_modalities(task)}
+            for s in splits}
 
 
 def task_shards(task, splits):
@@ -112,7 +134,7 @@ def shards_json(splits):
 
 
 def task_tokenizers(task):
-    return {m: tokenizer_dir(m) for m in task_modalities(task)}
+    return {m: tokenizer_dir(m, task_view(task, m)) for m in task_modalities(task)}
 
 
 def tokenizers_json(wildcards):
@@ -238,7 +260,8 @@ def predict_tokenize_input(wildcards):
 def predict_task_inputs(wildcards):
     return {
         "model": model_dir(wildcards.task),
-        "tokens": [predict_tokens(wildcards.batch, m) for m in task_modalities(wildcards.task)],
+        "tokens": [predict_tokens(wildcards.batch, m, task_view(wildcards.task, m))
+                   for m in task_modalities(wildcards.task)],
         "subjects": subjects_table(),
         "code": task_code("predict_task")(wildcards),
     }
@@ -256,7 +279,8 @@ def predict_report_inputs(wildcards):
 
 def predict_shards_json(wildcards):
     """The batch's token files of the task's modalities (the job's `tokens` input), as split `all` -> modality -> files."""
-    return as_json({"all": {m: [predict_tokens(wildcards.batch, m)] for m in task_modalities(wildcards.task)}})
+    task = wildcards.task
+    return as_json({"all": {m: [predict_tokens(wildcards.batch, m, task_view(task, m))] for m in task_modalities(task)}})
 
 
 def raw_root(key):

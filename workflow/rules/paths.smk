@@ -33,12 +33,17 @@ def shard_manifest(modality, shard):
     return result("ingest", modality, "shards", f"manifest-{shard}.json")
 
 
-def tokenizer_dir(modality):
-    return result("tokens", modality, "tokenizer")
+def token_view_folder(modality, view=None):
+    """A modality's tokenised view: the pipeline's own (`text`) or another tokenizer's (`text@<view>`)."""
+    return modality if view is None else f"{modality}@{view}"
 
 
-def token_shard(modality, split, shard):
-    return result("tokens", modality, split, f"shard-{shard}.parquet")
+def tokenizer_dir(modality, view=None):
+    return result("tokens", token_view_folder(modality, view), "tokenizer")
+
+
+def token_shard(modality, split, shard, view=None):
+    return result("tokens", token_view_folder(modality, view), split, f"shard-{shard}.parquet")
 
 
 def subjects_table():
@@ -91,8 +96,8 @@ def predict_ingest_file(batch, modality, name):
     return predict_file(batch, "ingest", modality, name)
 
 
-def predict_tokens(batch, modality):
-    return predict_file(batch, "tokens", modality, "all", "shard-0.parquet")
+def predict_tokens(batch, modality, view=None):
+    return predict_file(batch, "tokens", token_view_folder(modality, view), "all", "shard-0.parquet")
 
 
 def predictions_file(batch, task):
@@ -123,7 +128,7 @@ def stage_outputs(stage):
         return [subjects_table(), audit_report(), *[task_labels(t) for t in TASKS],
                 *([meds_dataset()] if "ehr" in INGESTED else [])]
     if stage == "tokenize":
-        return [token_shard(m, s, k) for m in TOKENIZED for s in SPLITS for k in SHARDS]
+        return [token_shard(m, s, k, view) for m, view in token_views() for s in SPLITS for k in SHARDS]
     if stage == "train":
         return [model_dir(t) for t in TASKS]
     if stage == "evaluate":

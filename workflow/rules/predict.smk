@@ -84,6 +84,21 @@ rule predict_tokenize:
         " > {log:q} 2>&1"
 
 
+use rule predict_tokenize as predict_tokenize_view with:
+    input:
+        part=predict_tokenize_input,
+        tokenizer=tokenizer_dir("{modality}", "{view}"),
+        code=modality_code("tokenize_modality"),
+    output:
+        predict_tokens("{batch}", "{modality}", "{view}"),
+    params:
+        tokenize=view_tokenize_params,
+    log:
+        log_path("predict", "{batch}", "tokenize-" + token_view_folder("{modality}", "{view}")),
+    benchmark:
+        benchmark_path("predict", "{batch}", "tokenize-" + token_view_folder("{modality}", "{view}"))
+
+
 rule predict_task:
     input:
         unpack(predict_task_inputs),

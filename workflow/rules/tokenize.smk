@@ -56,6 +56,36 @@ rule tokenize_shard:
         " > {log:q} 2>&1"
 
 
+# Another tokenizer's view of a modality (`tokens/<modality>@<view>/`, for a pretrained encoder with a tokenizer
+# of its own; scripts/mmhealth/core/tokenizer_binding.py): the same jobs, the tokenizer copied, not fitted.
+use rule fit_tokenizer as fit_view_tokenizer with:
+    output:
+        directory(tokenizer_dir("{modality}", "{view}")),
+    params:
+        tokenize=view_tokenize_params,
+    log:
+        log_path("tokenize", token_view_folder("{modality}", "{view}"), "fit"),
+    benchmark:
+        benchmark_path("tokenize", token_view_folder("{modality}", "{view}"), "fit")
+
+
+use rule tokenize_shard as tokenize_view_shard with:
+    input:
+        part=tokenize_shard_input,
+        tokenizer=tokenizer_dir("{modality}", "{view}"),
+        code=modality_code("tokenize_modality"),
+    output:
+        train=token_shard("{modality}", "train", "{shard}", "{view}"),
+        val=token_shard("{modality}", "val", "{shard}", "{view}"),
+        test=token_shard("{modality}", "test", "{shard}", "{view}"),
+    params:
+        tokenize=view_tokenize_params,
+    log:
+        log_path("tokenize", token_view_folder("{modality}", "{view}"), "shard-{shard}"),
+    benchmark:
+        benchmark_path("tokenize", token_view_folder("{modality}", "{view}"), "shard-{shard}")
+
+
 rule tokenize:
     localrule: True
     input:

@@ -70,8 +70,9 @@ def build_classifier(task: str, modalities: list[str], classes: list[str], model
             if m != "image":
                 vocab, _ = token_limits(inputs.tokenizers[m], inputs.shards["train"][m][0])
                 if vocab > encoders[m].config.vocab_size:
-                    raise ValueError(f"tokens of {m} use {vocab} ids but {path} knows "
-                                     f"{encoders[m].config.vocab_size}: set tokenize.{m}.tokenizer_path to it")
+                    raise ValueError(f"{m} tokens of tokenizer {inputs.tokenizers[m]} use {vocab} ids but the "
+                                     f"encoder {path} knows {encoders[m].config.vocab_size}: the ids would land on other "
+                                     "rows of its embeddings; tokenise with the encoder's own tokenizer")
         elif m == "image":
             encoders[m] = new_encoder(m, init, cfg.dropout, image_shape=train.image_shape)
         else:
