@@ -72,7 +72,6 @@ SPLIT_ASSIGNMENTS = stratify.stage_splits(
     {t: spec["labels"] for t, spec in config["tasks"].items()}, config["split"], config["privacy"]["salt_file"],
     config["shards"], config["staging"],
 )
-TOKENIZED = sorted({m for spec in config["tasks"].values() for m in spec["modalities"]})
 # New data to predict on (config `predict`): batches of raw exports run through trained tasks.
 BATCHES = sorted(config["predict"])
 

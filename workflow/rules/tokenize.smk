@@ -72,6 +72,7 @@ use rule fit_tokenizer as fit_view_tokenizer with:
 use rule tokenize_shard as tokenize_view_shard with:
     input:
         part=tokenize_shard_input,
+        splits=split_assignment,
         tokenizer=tokenizer_dir("{modality}", "{view}"),
         code=modality_code("tokenize_modality"),
     output:
