@@ -96,6 +96,13 @@ def test_staged_files_per_shard_change_only_where_a_subject_is_new(tmp_path):
         read_assignments(fresh, FRACTIONS)
 
 
+def test_no_label_yet_is_no_change_of_fractions(tmp_path, caplog):
+    (tmp_path / "salt").write_bytes(KEY)
+    for _ in range(2):
+        paths = stratify.stage_splits({}, FRACTIONS, str(tmp_path / "salt"), 2, tmp_path / "staging")
+    assert read_assignments(paths, FRACTIONS) == {} and "fractions changed" not in caplog.text
+
+
 def test_missing_or_headerless_label_files_are_left_to_their_job(tmp_path):
     (tmp_path / "bad.csv").write_text("who,what\nx,1\n")
     strata = stratify.label_strata({"a": tmp_path / "absent.csv", "b": tmp_path / "bad.csv"}, KEY)

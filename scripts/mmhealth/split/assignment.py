@@ -17,14 +17,14 @@ def state_text(fractions: Mapping[str, float], subjects: Mapping[int, str]) -> s
     return json.dumps(body, indent=0, sort_keys=True) + "\n"
 
 
-def read_assignment(path: str | os.PathLike, fractions: Mapping[str, float] | None = None) -> dict[int, str]:
-    """A staged assignment (subject -> split); empty when absent, of another version or other fractions."""
+def read_assignment(path: str | os.PathLike, fractions: Mapping[str, float]) -> dict[int, str] | None:
+    """A staged assignment (subject -> split); None when absent, of another version or other fractions."""
     path = Path(path)
     if not path.exists():
-        return {}
+        return None
     state = json.loads(path.read_text())
-    if state.get("version") != STATE_VERSION or (fractions is not None and state["fractions"] != dict(fractions)):
-        return {}
+    if state.get("version") != STATE_VERSION or state["fractions"] != dict(fractions):
+        return None
     return {int(s): split for s, split in state["subjects"].items()}
 
 

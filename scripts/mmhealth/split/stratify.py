@@ -86,7 +86,7 @@ def stage_splits(label_files: Mapping[str, str | os.PathLike], fractions: Mappin
     folder = Path(staging) / "splits"
     state_path = folder / "assignment.json"
     previous = read_assignment(state_path, fractions)
-    if state_path.exists() and not previous:
+    if state_path.exists() and previous is None:
         log.warning("split fractions changed: labelled subjects are assigned afresh")
     strata = label_strata(label_files, load_or_create_salt(salt_file))
     assigned = assign_splits(strata, fractions, previous)
