@@ -45,3 +45,19 @@ def test_counts_reasons_and_unused_labels(tmp_path):
     assert "3 (30.0%)" in section and "2 × not DICOM" in section and "Subjects per split: train 2, val 1, test 1" in section
     assert "0: 1 (50%), 1: 1 (50%)" in section and "2 of 6 labels name a subject with no data" in section
     assert "X8" not in section
+
+
+def test_after_a_failure_the_summary_ignores_an_earlier_runs_accounting(tmp_path):
+    """The failed jobs' cleanup removed the tables an old accounting.json points at: say only what exists."""
+    import json
+
+    from mmhealth.report.end_of_run import end_of_run_summary
+
+    stale = {"modalities": {"image": {"records_in": 99, "records_out": 90, "records_quarantined": 9,
+                                      "quarantined_fraction": 9 / 99, "quarantine": "gone.parquet",
+                                      "top_reasons": [{"count": 9, "reason": "stale reason"}]}},
+             "tasks": {}}
+    (tmp_path / "accounting.json").write_text(json.dumps(stale))
+    config = {"privacy": {"salt_file": str(tmp_path / "no-salt")}, "tasks": {}}
+    assert "stale reason" in end_of_run_summary(config, tmp_path, ["image"], [], failed=False)
+    assert "stale reason" not in end_of_run_summary(config, tmp_path, ["image"], [], failed=True)

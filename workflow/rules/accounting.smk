@@ -3,19 +3,19 @@
 # raw ids (printed to the console only, never written under results/).
 
 
-def print_data_accounting():
+def print_data_accounting(failed):
     """Best effort: an accounting problem must never hide the run's own result or error."""
     try:
         from mmhealth.report.end_of_run import end_of_run_summary
 
-        print(end_of_run_summary(config, RESULTS, INGESTED, TASKS), file=sys.stderr)
+        print(end_of_run_summary(config, RESULTS, INGESTED, TASKS, failed), file=sys.stderr)
     except Exception as error:  # noqa: BLE001 - reporting only
         print(f"(data accounting not available: {error})", file=sys.stderr)
 
 
 onsuccess:
-    print_data_accounting()
+    print_data_accounting(failed=False)
 
 
 onerror:
-    print_data_accounting()
+    print_data_accounting(failed=True)

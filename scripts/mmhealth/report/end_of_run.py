@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 
 from mmhealth.core.pseudonym import load_or_create_salt, subject_pseudonym
 from mmhealth.report.accounting import console_summary, modality_accounting, task_accounting
+from mmhealth.split.task_labels import read_label_file
 
 
 def unused_label_ids(labels_csv: Path, subjects: Path, key: bytes) -> list[str]:
     """Raw subject ids of a label file whose pseudonym no modality ingested."""
-    raw = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)["subject_id"].str.strip()
+    raw = read_label_file(str(labels_csv))["subject_id"].str.strip()
     known = set(pq.read_table(subjects, columns=["subject_id"]).column("subject_id").to_pylist())
     return sorted({r for r in raw if subject_pseudonym(r, key) not in known})
 
@@ -38,9 +38,12 @@ def partial_accounting(results: Path, ingested: list[str], tasks: list[str]) -> 
     return accounting
 
 
-def end_of_run_summary(config: dict, results: Path, ingested: list[str], tasks: list[str]) -> str:
+def end_of_run_summary(config: dict, results: Path, ingested: list[str], tasks: list[str],
+                       failed: bool = False) -> str:
+    """After a failure, only what this run's files say: an accounting.json left by an earlier run would
+    point at tables the failed jobs' cleanup has just removed."""
     written = results / "accounting.json"
-    accounting = (json.loads(written.read_text()) if written.exists()
+    accounting = (json.loads(written.read_text()) if written.exists() and not failed
                   else partial_accounting(results, ingested, tasks))
     subjects = results / "splits" / "subjects.parquet"
     unused = {}
