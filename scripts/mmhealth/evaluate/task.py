@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ class EvalInputs:
     shards: dict[str, dict[str, list[Path]]]  # split (test; train: baseline; val: calibration) -> modality -> files
     tokenizers: dict[str, Path]  # modality -> tokenizer folder (the baseline decodes tokens with it)
     ehr_parts: list[Path]  # ingest/ehr parts: sex and age subgroups and the EHR baseline; empty without EHR
+    # variant name -> {"predictions": its test predictions, "kind": declared|ablation, "modalities": [...]}
+    variants: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +73,20 @@ def validation_fitted(model: FusionClassifier, inputs: EvalInputs, predictions: 
             "operating_points": operating_points(val_y, val_prob, y, prob, subjects, n_boot, seed)}
 
 
+def variant_comparisons(predictions: pd.DataFrame, variants: dict[str, dict], classes: list[str], n_boot: int,
+                        seed: int) -> dict:
+    """`comparisons.<variant>`: this model minus each variant on the test units both predicted (the same
+    subjects: a variant shares the task's labels and split), with what the variant changed."""
+    out = {}
+    for name, variant in sorted(variants.items()):
+        other = pd.read_parquet(variant["predictions"])
+        out[name] = {**compare_auroc(predictions, other, classes, n_boot, seed),
+                     "kind": variant.get("kind", "declared"), "modalities": list(variant.get("modalities", []))}
+        log.info("variant %s: AUROC difference %s (p=%s) on %d subjects", name, out[name]["difference"]["value"],
+                 out[name]["p_value"], out[name]["n_subjects"])
+    return out
+
+
 def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: int, seed: int,
                   outputs: EvalOutputs) -> dict:
     model = load_classifier(inputs.model_dir)
@@ -87,11 +103,13 @@ def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: 
         "task": task,
         "n_test": len(predictions),
         "n_subjects_test": int(predictions["subject_id"].nunique()),
+        "modalities": modalities,
         "classes": classes,
         "model": model_scores,
         "baseline": {"name": fitted.name, "description": fitted.description, "settings": fitted.settings,
                      **scored(baseline_predictions, classes, n_boot, seed)},
-        "comparisons": {"baseline": compare_auroc(predictions, baseline_predictions, classes, n_boot, seed)},
+        "comparisons": {"baseline": compare_auroc(predictions, baseline_predictions, classes, n_boot, seed),
+                        **variant_comparisons(predictions, inputs.variants, classes, n_boot, seed)},
         **validation_fitted(model, inputs, predictions, classes, n_boot, seed),
         "subgroups": subgroup_metrics(predictions, classes, subject_attributes(inputs.ehr_parts),
                                       model_scores["auroc"]["value"], n_boot, seed),
