@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mmhealth.evaluate import baseline, metrics
-from mmhealth.evaluate.calibration import calibration_report
+from mmhealth.evaluate.calibration import calibration_report, saved_temperature
 from mmhealth.evaluate.compare import compare_auroc
 from mmhealth.evaluate.operating import operating_points
 from mmhealth.evaluate.subgroups import subgroup_metrics, subject_attributes
@@ -55,7 +55,9 @@ def scored(frame: pd.DataFrame, classes: list[str], n_boot: int, seed: int) -> d
 def validation_fitted(model: FusionClassifier, inputs: EvalInputs, predictions: pd.DataFrame, classes: list[str], n_boot: int,
                       seed: int) -> dict:
     """`calibration` and `operating_points`, fitted on the validation split and applied unchanged to the
-    test predictions, which gain a `probabilities_calibrated` column. Empty without validation units."""
+    test predictions, which gain a `probabilities_calibrated` column. The temperature is the one saved with
+    the model (fitted on the same validation units at the end of fine-tuning). Empty without validation
+    units."""
     val_shards = inputs.shards.get("val")
     val = predictions_frame(model, load_units(model, val_shards, "val", str(inputs.labels))[0], labelled=True) \
         if val_shards else pd.DataFrame()
@@ -65,7 +67,8 @@ def validation_fitted(model: FusionClassifier, inputs: EvalInputs, predictions: 
         return {"calibration": None, "operating_points": {}}
     val_y, val_prob, _ = metrics.prediction_arrays(val, classes)
     y, prob, subjects = metrics.prediction_arrays(predictions, classes)
-    calibration, calibrated = calibration_report(val_y, val_prob, y, prob, subjects, n_boot, seed)
+    calibration, calibrated = calibration_report(val_y, val_prob, y, prob, subjects, n_boot, seed,
+                                                 saved_temperature(inputs.model_dir))
     predictions["probabilities_calibrated"] = list(calibrated.astype(np.float32))
     log.info("temperature %.3f fitted on %d validation units (val NLL %.4f -> %.4f)", calibration["temperature"],
              len(val_y), calibration["val_nll"]["before"], calibration["val_nll"]["after"])
