@@ -3,7 +3,7 @@
 import pytest
 
 from mmhealth.core.config import section_values
-from mmhealth.core.task_variants import ABLATION, DECLARED, MAIN, ablation_overrides, task_jobs
+from mmhealth.core.task_variants import ABLATION, DECLARED, MAIN, ablation_overrides, differences, task_jobs
 
 
 def task(modalities, **extra):
@@ -76,3 +76,6 @@ def test_ablation_finetune_applies_to_the_generated_ablations_only():
     assert jobs["t~only_image"].spec["finetune"]["epochs"] == 4 and jobs["t~only_image"].spec["finetune"]["lr"] == 1e-3
     assert jobs["t~only_dna"].spec["finetune"]["epochs"] == 2  # the declared refinement wins
     assert jobs["t~slow"].spec["finetune"]["epochs"] == 12
+
+    assert differences(spec, jobs["t~only_image"].spec) == ["finetune.epochs: 4", "modalities: image"]
+    assert differences(spec, jobs["t~slow"].spec) == ["finetune.lr: 0.0001"]

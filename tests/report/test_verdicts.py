@@ -7,7 +7,8 @@ from mmhealth.report.verdicts import contributions_line, gain_line, verdict_word
 def comparison(ci, modalities, other_auroc=0.7, kind="ablation", p=0.04):
     value = (ci[0] + ci[1]) / 2
     return {"metric": "auroc", "difference": {"value": value, "ci": list(ci)}, "p_value": p, "test": "delong",
-            "kind": kind, "modalities": modalities, "auroc": {"model": 0.8, "other": other_auroc}, "n_subjects": 40}
+            "kind": kind, "modalities": modalities, "auroc": {"model": 0.8, "other": other_auroc}, "n_subjects": 40,
+            "changes": [f"modalities: {', '.join(modalities)}"]}
 
 
 def fusion_metrics(**comparisons):
@@ -62,6 +63,6 @@ def test_the_variants_section_tabulates_each_variant_with_its_p_value():
                              slow=comparison((-0.1, 0.1), ["image", "dna", "ehr"], kind="declared", p=0.5))
     html = variants_section(metrics)
     assert 'id="variants"' in html and "gain over the best single modality (only_image): yes" in html
-    assert "<td>only_image</td><td>ablation</td><td>image</td>" in html and "&lt; 0.001" in html
+    assert "<td>only_image</td><td>ablation</td><td>modalities: image</td>" in html and "&lt; 0.001" in html
     assert "<td>slow</td><td>declared</td>" in html and "<td>= 0.500</td>" in html
     assert variants_section({"modalities": ["image"], "comparisons": {}}) == ""

@@ -119,6 +119,11 @@ def test_new_data_is_predicted_with_the_trained_tokenizers_and_models(run):
         assert len(both) == len(evaluated), task
         np.testing.assert_allclose(np.stack(both["probabilities_new"]), np.stack(both["probabilities_eval"]),
                                    atol=1e-5, err_msg=task)
+        # the temperature saved with the model: evaluation reports it and prediction applies it
+        saved = json.loads((results / "models" / task / "calibration.json").read_text())["temperature"]
+        assert json.loads((results / "eval" / task / "metrics.json").read_text())["calibration"]["temperature"] == saved
+        np.testing.assert_allclose(np.stack(both["probabilities_calibrated_new"]),
+                                   np.stack(both["probabilities_calibrated_eval"]), atol=1e-5, err_msg=task)
     page = (results / "predict" / "again" / "report.html").read_text()
     assert all(task in page for task in TASKS) and page.count("<img") == len(TASKS)
 

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from mmhealth.core.config import config_problems  # noqa: E402  (scripts/mmhealth is the workflow's own code)
+from mmhealth.core.task_variants import differences as variant_differences  # noqa: E402
 from mmhealth.core.task_variants import task_jobs  # noqa: E402
 from mmhealth.core.tokenizer_binding import bind_text_tokenizer  # noqa: E402
 from mmhealth.ingest import raw_index  # noqa: E402

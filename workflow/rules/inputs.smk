@@ -145,8 +145,10 @@ def evaluate_inputs(wildcards):
 
 def variants_json(wildcards):
     """The variants' test predictions (the job's `variants` input) with what each one changed, as JSON."""
+    task = task_spec(wildcards.task)
     return as_json({TASK_JOBS[v].variant: {"predictions": eval_file(v, "predictions.parquet"),
-                                           "kind": TASK_JOBS[v].kind, "modalities": task_modalities(v)}
+                                           "kind": TASK_JOBS[v].kind, "modalities": task_modalities(v),
+                                           "changes": variant_differences(task, task_spec(v))}
                     for v in task_variant_jobs(wildcards.task)})
 
 

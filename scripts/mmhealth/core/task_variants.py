@@ -80,6 +80,21 @@ def variant_spec(spec: dict, override: dict) -> dict:
     return out
 
 
+def differences(spec: dict, variant: dict, prefix: str = "") -> list[str]:
+    """What a variant's spec changes from its task's, one 'key: value' each (e.g. 'finetune.epochs: 4')."""
+    out = []
+    for key in sorted(set(spec) | set(variant)):
+        if key in VARIANT_KEYS or spec.get(key) == variant.get(key):
+            continue
+        if isinstance(spec.get(key), dict) and isinstance(variant.get(key), dict):
+            out += differences(spec[key], variant[key], f"{prefix}{key}.")
+        elif isinstance(variant.get(key), list):
+            out.append(f"{prefix}{key}: {', '.join(map(str, variant[key]))}")
+        else:
+            out.append(f"{prefix}{key}: {variant.get(key, 'unset')}")
+    return out
+
+
 def checked(task: str, name: str, spec: dict) -> dict:
     """The variant's spec validated as a task's (bounds, unknown keys); the error names the variant."""
     try:

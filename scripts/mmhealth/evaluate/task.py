@@ -84,7 +84,8 @@ def variant_comparisons(predictions: pd.DataFrame, variants: dict[str, dict], cl
     for name, variant in sorted(variants.items()):
         other = pd.read_parquet(variant["predictions"])
         out[name] = {**compare_auroc(predictions, other, classes, n_boot, seed),
-                     "kind": variant.get("kind", "declared"), "modalities": list(variant.get("modalities", []))}
+                     "kind": variant.get("kind", "declared"), "modalities": list(variant.get("modalities", [])),
+                     "changes": list(variant.get("changes", []))}
         log.info("variant %s: AUROC difference %s (p=%s) on %d subjects", name, out[name]["difference"]["value"],
                  out[name]["p_value"], out[name]["n_subjects"])
     return out

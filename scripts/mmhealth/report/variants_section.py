@@ -34,7 +34,7 @@ def variant_rows(metrics: dict) -> list[list[str]]:
         difference = c.get("difference") or {}
         ci = difference.get("ci") or [None, None]
         auroc = c.get("auroc") or {}
-        rows.append([name, c.get("kind", "declared"), ", ".join(c.get("modalities") or []) or "as the task",
+        rows.append([name, c.get("kind", "declared"), "; ".join(c.get("changes") or []) or "nothing stated",
                      _number(auroc.get("other")), _number(auroc.get("model")), _number(difference.get("value"), True),
                      f"{_number(ci[0], True)} to {_number(ci[1], True)}", format_p(c.get("p_value")).removeprefix("p "),
                      verdict_word(c), str(c.get("n_subjects", "n/a"))])
@@ -47,7 +47,7 @@ def variants_section(metrics: dict) -> str:
     if not rows:
         return ""
     lines = fusion_lines(metrics)
-    header = ["Variant", "Kind", "Modalities", "Variant AUROC", "Model AUROC", "ΔAUROC (model − variant)",
+    header = ["Variant", "Kind", "What differs from the task's model", "Variant AUROC", "Model AUROC", "ΔAUROC (model − variant)",
               "95% CI", "p (DeLong)", "Model better?", "Paired subjects"]
     parts = ["<h2 id=\"variants\">Ablation and variants</h2>"]
     if lines:
