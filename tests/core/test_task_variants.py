@@ -41,6 +41,7 @@ def test_an_ablation_keeps_the_encoders_of_its_remaining_modalities():
     assert jobs["fused~without_dna"].spec["model"]["encoders"] == {"image": encoders["image"], "ehr": encoders["ehr"]}
     assert jobs["fused~only_ehr"].spec["model"]["encoders"] == {"ehr": encoders["ehr"]}
     assert jobs["fused"].spec["model"]["encoders"] == encoders  # the task's own spec is untouched
+    assert differences(jobs["fused"].spec, jobs["fused~only_ehr"].spec) == ["modalities: ehr"]
 
 
 def test_a_declared_variant_overrides_only_what_it_states():

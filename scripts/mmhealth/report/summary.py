@@ -102,9 +102,11 @@ def write_summary_report(metrics_files: list[Path], out_html: Path, accounting: 
         "<p>Test-set estimates with 95% bootstrap confidence intervals over subjects.</p>",
     ]
     if rows:
-        body += ["<h2 id=\"verdicts\">Does each model beat its baseline?</h2>", "<ul>", *verdict_items(results),
+        fusion = any(fusion_lines(r) for r, _ in results)
+        title = "Does each model beat its baseline? Does fusion help?" if fusion else "Does each model beat its baseline?"
+        body += [f"<h2 id=\"verdicts\">{title}</h2>", "<ul>", *verdict_items(results),
                  "</ul>", f"<p class=\"note\">{escape(BASELINE_RULE)}</p>"]
-        if any(fusion_lines(r) for r, _ in results):
+        if fusion:
             body.append(f"<p class=\"note\">Fusion tasks. {escape(FUSION_RULE)}</p>")
     body += [
         "<h2 id=\"tasks\">Tasks</h2>",
