@@ -240,7 +240,8 @@ def test_changing_one_variants_finetune_reruns_only_that_variant(run):
     config["tasks"]["diabetes_ehr"]["variants"]["low_lr"]["finetune"]["lr"] = 2e-4
     (run / "variant_changed.yaml").write_text(yaml.safe_dump(config))
     jobs = by_rule(planned_jobs(run, "variant_changed.yaml"))
-    assert set(jobs) == {"finetune", "evaluate_task", "task_report", "summary_report", "all"}
+    # the pages: the task's (its comparisons changed), the summary and the batch page that links to it
+    assert set(jobs) == {"finetune", "evaluate_task", "task_report", "summary_report", "predict_report", "all"}
     assert jobs["finetune"] == [{"task": "diabetes_ehr~low_lr"}]  # not the task's model, not the other variant
     assert sorted(j["task"] for j in jobs["evaluate_task"]) == ["diabetes_ehr", "diabetes_ehr~low_lr"]
     assert jobs["task_report"] == [{"task": "diabetes_ehr"}]
