@@ -5,6 +5,7 @@ predictions of both."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
                         help='JSON: {"test": {"<modality>": [shard files]}, "train": {...}, "val": {...}}')
     parser.add_argument("--tokenizers-json", required=True, help='JSON: {"<modality>": "tokenizer folder"}')
     parser.add_argument("--ehr-parts", nargs="*", default=[], type=Path, help="ingest/ehr parts, for sex and age subgroups")
+    parser.add_argument("--variants-json", default="{}",
+                        help='JSON: {"<variant>": {"predictions": file, "kind": ..., "modalities": [...]}}')
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     inputs = EvalInputs(args.model_dir, args.labels, shard_map(args.shards_json), path_map(args.tokenizers_json),
-                        args.ehr_parts)
+                        args.ehr_parts, json.loads(args.variants_json))
     outputs = EvalOutputs(args.out_metrics, args.out_predictions, args.out_baseline_predictions)
     evaluate_task(args.task, args.modalities.split(","), inputs, args.bootstrap, args.seed, outputs)
 

@@ -279,7 +279,8 @@ def test_predict_report_counts_new_and_seen_subjects_without_ids(tmp_path):
                           "probabilities": [np.array(p, np.float32) for p in ([.8, .2], [.3, .7], [.1, .9], [.6, .4])],
                           "training_split": ["train", "train", None, None]})
     predictions = results / "predict" / "ward" / "lesion" / "predictions.parquet"
-    write_predictions(frame, predictions, {"classes": ["no", "yes"]})
+    frame["probabilities_calibrated"] = [np.array(p, np.float32) for p in ([.7, .3], [.4, .6], [.2, .8], [.55, .45])]
+    write_predictions(frame, predictions, {"classes": ["no", "yes"], "temperature": 1.5})
     manifest = results / "predict" / "ward" / "ingest" / "image" / "manifest.json"
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps({"modality": "image", "records_in": 9, "records_out": 8, "records_quarantined": 1}))
@@ -291,5 +292,6 @@ def test_predict_report_counts_new_and_seen_subjects_without_ids(tmp_path):
     assert page.links == ["../../eval/lesion/report.html"]
     text = " ".join(" ".join(page.text).split())
     assert "image 9 8 1" in text
-    assert "lesion 4 3 2 1 no: 2, yes: 2" in text  # 4 units, 3 subjects: 2 new, 1 seen in training
+    assert "lesion 4 3 2 1 no: 2, yes: 2 1.500" in text  # 4 units, 3 subjects: 2 new, 1 seen in training; T
+    assert "probabilities_calibrated" in text and "raw output" in text  # the page says which column is which
     assert not any(str(s) in html for s in subjects)

@@ -14,8 +14,9 @@ from sklearn.metrics import roc_auc_score
 import finetune as finetune_entry
 from conftest import synthetic_tokens, write_labels
 from mmhealth.core.config import from_config
+from mmhealth.evaluate.calibration import apply_temperature
 from mmhealth.predict import inference as predict
-from mmhealth.predict.new_data import with_training_split
+from mmhealth.predict.new_data import with_calibrated, with_training_split
 from mmhealth.train import bags, models, stream
 from mmhealth.train import finetune as train
 from mmhealth.train.config import FinetuneConfig
@@ -95,11 +96,19 @@ def test_fusion_learns_and_artifact_reloads(tmp_path, tokens):
         assert (out / name).exists(), name
     history = [json.loads(line) for line in (out / "training.jsonl").read_text().splitlines()]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # The temperature is saved with the model, fitted on validation: it never raises the validation NLL.
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["fitted_on"] == "val" and calibration["temperature"] > 0 and calibration["n_val"] > 0
+    assert calibration["val_nll"]["after"] <= calibration["val_nll"]["before"] + 1e-9
 
     # Test split, never seen in training: the signal must carry over.
     model = models.load_classifier(out)
     data, _ = predict.load_units(model, shard_files(root, model.spec.modalities)["test"], "test", str(labels))
     frame = predict.predictions_frame(model, data, labelled=True)
+    # Prediction on new data applies that same T: raw and calibrated probabilities side by side.
+    calibrated = np.stack(with_calibrated(frame, out)["probabilities_calibrated"].to_numpy())
+    expected = apply_temperature(np.stack(frame["probabilities"].to_numpy()), calibration["temperature"])
+    np.testing.assert_allclose(calibrated, expected, rtol=1e-5, atol=1e-6)
     prob = np.stack(frame["probabilities"].to_numpy())
     assert roc_auc_score(frame["label"] == "pos", prob[:, 1]) > 0.8
     assert (frame["predicted"] == frame["label"]).mean() > 0.75

@@ -28,6 +28,7 @@ def run(tmp_path_factory) -> Path:
     generate_demo(work / "raw", n_subjects=40, seed=1, image_size=16, slices=(4, 6))
     plant_bad_records(work / "raw")
     config = tiny_config(work / "raw")
+    config["tasks"]["diabetes_ehr"]["variants"] = VARIANTS
     # "New" data to predict on: a copy of the same exports, so its predictions can be checked against evaluation.
     shutil.copytree(work / "raw", work / "new_raw")
     config["predict"] = {"again": {"inputs": json.loads(json.dumps(config["inputs"]).replace(
@@ -38,6 +39,8 @@ def run(tmp_path_factory) -> Path:
     return work
 
 
+# Two declared variants of the cheapest task: each trains and evaluates as a job of its own.
+VARIANTS = {"low_lr": {"finetune": {"lr": 5e-4}}, "no_smoothing": {"finetune": {"label_smoothing": 0.0}}}
 UNKNOWN_LABEL_IDS = ["MRN0000001", "MRN0000002", "MRN0000003"]
 
 
@@ -116,6 +119,11 @@ def test_new_data_is_predicted_with_the_trained_tokenizers_and_models(run):
         assert len(both) == len(evaluated), task
         np.testing.assert_allclose(np.stack(both["probabilities_new"]), np.stack(both["probabilities_eval"]),
                                    atol=1e-5, err_msg=task)
+        # the temperature saved with the model: evaluation reports it and prediction applies it
+        saved = json.loads((results / "models" / task / "calibration.json").read_text())["temperature"]
+        assert json.loads((results / "eval" / task / "metrics.json").read_text())["calibration"]["temperature"] == saved
+        np.testing.assert_allclose(np.stack(both["probabilities_calibrated_new"]),
+                                   np.stack(both["probabilities_calibrated_eval"]), atol=1e-5, err_msg=task)
     page = (results / "predict" / "again" / "report.html").read_text()
     assert all(task in page for task in TASKS) and page.count("<img") == len(TASKS)
 
@@ -209,6 +217,64 @@ def test_changing_one_tasks_finetune_reruns_only_that_task(run):
                          "predict_report", "all"}
     assert jobs["finetune"] == [{"task": "lesion_ct"}] and jobs["evaluate_task"] == [{"task": "lesion_ct"}]
     assert jobs["predict_task"] == [{"batch": "again", "task": "lesion_ct"}]  # the retrained model predicts anew
+
+
+def test_variants_are_trained_apart_and_compared_on_the_same_subjects(run):
+    results = run / "results"
+    metrics = json.loads((results / "eval" / "diabetes_ehr" / "metrics.json").read_text())
+    for name in VARIANTS:
+        assert (results / "models" / f"diabetes_ehr~{name}" / "fusion_head.safetensors").exists()
+        assert not (results / "models" / "diabetes_ehr" / name).exists()  # beside the task's folder, never in it
+        comparison = metrics["comparisons"][name]  # the contract's shape: main model minus the variant
+        assert comparison["metric"] == "auroc" and comparison["test"] == "delong" and "p_value" in comparison
+        assert set(comparison["difference"]) >= {"value", "ci"} and comparison["kind"] == "declared"
+        assert comparison["n_subjects"] == metrics["n_subjects_test"]  # same labels, same test subjects
+        variant = json.loads((results / "eval" / f"diabetes_ehr~{name}" / "metrics.json").read_text())
+        assert variant["task"] == f"diabetes_ehr~{name}"
+    page = (results / "eval" / "diabetes_ehr" / "report.html").read_text()
+    assert 'id="variants"' in page and "low_lr" in page and "no_smoothing" in page
+    assert "low_lr" not in (results / "report.html").read_text()  # the summary's rows are the tasks
+
+
+def test_changing_one_variants_finetune_reruns_only_that_variant(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["tasks"]["diabetes_ehr"]["variants"]["low_lr"]["finetune"]["lr"] = 2e-4
+    (run / "variant_changed.yaml").write_text(yaml.safe_dump(config))
+    jobs = by_rule(planned_jobs(run, "variant_changed.yaml"))
+    # the pages: the task's (its comparisons changed), the summary and the batch page that links to it
+    assert set(jobs) == {"finetune", "evaluate_task", "task_report", "summary_report", "predict_report", "all"}
+    assert jobs["finetune"] == [{"task": "diabetes_ehr~low_lr"}]  # not the task's model, not the other variant
+    assert sorted(j["task"] for j in jobs["evaluate_task"]) == ["diabetes_ehr", "diabetes_ehr~low_lr"]
+    assert jobs["task_report"] == [{"task": "diabetes_ehr"}]
+
+
+def test_adding_a_variant_trains_only_the_new_one(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["tasks"]["diabetes_ehr"]["variants"]["more_epochs"] = {"finetune": {"epochs": 2}}
+    (run / "variant_added.yaml").write_text(yaml.safe_dump(config))
+    jobs = by_rule(planned_jobs(run, "variant_added.yaml"))
+    assert jobs["finetune"] == [{"task": "diabetes_ehr~more_epochs"}]
+    assert sorted(j["task"] for j in jobs["evaluate_task"]) == ["diabetes_ehr", "diabetes_ehr~more_epochs"]
+    assert "predict_task" not in jobs  # the task's model is unchanged, so are its predictions
+
+
+def test_fusion_ablations_are_planned_with_the_encoders_they_keep(run):
+    """Ablations on: six variants of the three-modality task, each starting from its remaining modalities'
+    encoders; the single-modality tasks that own those encoders are not retrained."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    fusion = config["tasks"]["composite_risk"]
+    fusion["ablations"] = True
+    fusion["model"] = {"encoders": {"image": "results/models/lesion_ct/encoder-image",
+                                    "dna": "results/models/variant_dna/encoder-dna",
+                                    "ehr": "results/models/diabetes_ehr/encoder-ehr"}}
+    (run / "ablations.yaml").write_text(yaml.safe_dump(config))
+    out = sm(run, "-n", "-p", "--configfile", "ablations.yaml").stdout
+    finetune = dict(re.findall(r"finetune\.py --task (\S+) .*?--model-json '([^']*)'", out))
+    ablations = {f"composite_risk~{kind}_{m}" for kind in ("without", "only") for m in ("image", "dna", "ehr")}
+    assert set(finetune) == {"composite_risk", *ablations}
+    assert set(json.loads(finetune["composite_risk~without_dna"])["encoders"]) == {"image", "ehr"}
+    assert set(json.loads(finetune["composite_risk~only_ehr"])["encoders"]) == {"ehr"}
+    assert "--modalities image,ehr " in out.split("--task composite_risk~without_dna ", 1)[1].split("\n", 1)[0]
 
 
 def jobs_after_editing(run: Path, module: str, *args: str) -> dict[str, list[dict[str, str]]]:

@@ -28,6 +28,8 @@ def tiny_config(raw: Path) -> dict:
     for task in config["tasks"].values():
         task["model"] = {"init": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 4}}
         task["finetune"].update(epochs=1, patience=1, batch_size=8, max_rows_per_bag=2)
+    # the fusion task's six automatic ablations would double the run: tests that want them turn them on
+    config["tasks"]["composite_risk"]["ablations"] = False
     return config
 
 

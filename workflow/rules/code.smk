@@ -47,7 +47,7 @@ def task_code(entry):
     """Input function: the entry's code for the modalities of the job's `task`."""
 
     def files(wildcards):
-        return code_files(SCRIPTS / f"{entry}.py", config["tasks"][wildcards.task]["modalities"])
+        return code_files(SCRIPTS / f"{entry}.py", task_spec(wildcards.task)["modalities"])
 
     return files
 

@@ -2,6 +2,7 @@
 # Output paths: paths.smk; code and envs of each rule: code.smk; input and param functions: inputs.smk.
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from mmhealth.core.config import config_problems  # noqa: E402  (scripts/mmhealth is the workflow's own code)
+from mmhealth.core.task_variants import differences as variant_differences  # noqa: E402
+from mmhealth.core.task_variants import task_jobs  # noqa: E402
 from mmhealth.ingest import raw_index  # noqa: E402
 from mmhealth.split import stratify  # noqa: E402
 
@@ -39,6 +42,32 @@ INGEST_INPUT = {"image": "dicom", "dna": "fasta", "ehr": "ehr"}
 TOKEN_SOURCE = {"image": "image", "dna": "dna", "text": "ehr", "ehr": "ehr"}
 INGESTED = [m for m, key in INGEST_INPUT.items() if config["inputs"].get(key)]
 TASKS = sorted(config["tasks"])
+# Every model trained: each task's own and its variants (`<task>~<variant>`: declared, and the automatic
+# modality ablations of fusion tasks), each with its effective spec. Rules read a model's spec through
+# task_spec(), never config["tasks"], so a variant trains and evaluates with the task's rules.
+TASK_JOBS = task_jobs(config["tasks"])
+MODELS = list(TASK_JOBS)
+
+
+def task_spec(name):
+    """The effective spec (modalities, labels, model, finetune) of a task or a variant job."""
+    return TASK_JOBS[name].spec
+
+
+def main_task(name):
+    """The task a job belongs to: itself for a task, its task for a variant (same labels and split)."""
+    return TASK_JOBS[name].task
+
+
+def task_variant_jobs(task):
+    """The variant jobs of a task, in name order (empty for a variant)."""
+    return [name for name, job in TASK_JOBS.items() if job.task == task and job.variant is not None]
+
+
+def task_config_key(name):
+    """Where a job's spec comes from in the config: tasks.<t> or tasks.<t>.variants.<v>."""
+    job = TASK_JOBS[name]
+    return f"tasks.{job.task}" + (f".variants.{job.variant}" if job.variant else "")
 
 
 def _check_config():
@@ -46,15 +75,15 @@ def _check_config():
     fractions = config["split"]
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"config key 'split': fractions must sum to 1, got {fractions}")
-    for task, spec in config["tasks"].items():
+    for task, spec in ((task_config_key(name), job.spec) for name, job in TASK_JOBS.items()):
         for modality in spec["modalities"]:
             if TOKEN_SOURCE[modality] not in INGESTED:
                 raise ValueError(
-                    f"config key 'tasks.{task}.modalities': '{modality}' needs "
+                    f"config key '{task}.modalities': '{modality}' needs "
                     f"'inputs.{INGEST_INPUT[TOKEN_SOURCE[modality]]}', which is not set"
                 )
         if "path" in spec["model"] and len(spec["modalities"]) > 1:
-            raise ValueError(f"config key 'tasks.{task}.model.path': only for single-modality tasks")
+            raise ValueError(f"config key '{task}.model.path': only for single-modality tasks")
     salt = Path(config["privacy"]["salt_file"]).resolve()
     if salt.is_relative_to(RESULTS.resolve()):
         raise ValueError("config key 'privacy.salt_file': the pseudonym key must not live under results")
@@ -127,7 +156,7 @@ wildcard_constraints:
     view=r"[0-9a-f]{12}",
     split="train|val|test",
     shard=r"\d+",
-    task="|".join(TASKS) or "no-task",
+    task="|".join(re.escape(name) for name in MODELS) or "no-task",
     batch="|".join(BATCHES) or "no-batch",
 
 

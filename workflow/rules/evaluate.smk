@@ -1,4 +1,5 @@
-# Test-split evaluation per task: metrics with bootstrap CIs beside a baseline, the paired comparison with it,
+# Test-split evaluation per task and per variant (`<task>~<variant>`, same rule): metrics with bootstrap CIs
+# beside a baseline, the paired comparisons with it and with each of the task's variants,
 # calibration and operating points fitted on validation, subgroups, and both sets of predictions.
 # The task's page is drawn from these files by a rule of its own (report.smk), so a plot edit re-runs no
 # bootstrap.
@@ -17,6 +18,7 @@ rule evaluate_task:
         tokenizers=tokenizers_json,
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["evaluate"]["seed"],
+        variants=variants_json,
     log:
         log_path("evaluate", "{task}"),
     benchmark:
@@ -30,7 +32,8 @@ rule evaluate_task:
     shell:
         "python {input.code[0]:q} --task {wildcards.task} --modalities {params.modalities}"
         " --model-dir {input.model:q} --labels {input.labels:q} --shards-json {params.shards:q}"
-        " --tokenizers-json {params.tokenizers:q} --ehr-parts {input.ehr:q} --bootstrap {params.bootstrap}"
+        " --tokenizers-json {params.tokenizers:q} --ehr-parts {input.ehr:q} --variants-json {params.variants:q}"
+        " --bootstrap {params.bootstrap}"
         " --seed {params.seed} --threads {threads} --out-metrics {output.metrics:q}"
         " --out-predictions {output.predictions:q} --out-baseline-predictions {output.baseline:q} > {log:q} 2>&1"
 

@@ -3,7 +3,8 @@ from mmhealth.core.tokenizer_binding import task_token_views  # noqa: E402
 
 # Which tokenised view of each modality each task reads: the pipeline's own (None), or the view of the
 # tokenizer its pretrained encoder needs (scripts/mmhealth/core/tokenizer_binding.py).
-TOKEN_VIEWS = task_token_views(config, {t: model_dir(t) for t in TASKS}, RESULTS)
+TOKEN_VIEWS = task_token_views(config, {t: model_dir(t) for t in MODELS}, RESULTS,
+                               specs={t: task_spec(t) for t in MODELS})
 
 
 def dicom_shard_files(wildcards):
@@ -105,12 +106,12 @@ def task_view(task, modality):
 
 def token_views():
     """(modality, view) of every tokenised view some task reads, the pipeline's own first."""
-    pairs = {(m, task_view(t, m)) for t in TASKS for m in task_modalities(t)}
+    pairs = {(m, task_view(t, m)) for t in MODELS for m in task_modalities(t)}
     return sorted(pairs, key=lambda pair: (pair[0], pair[1] or ""))
 
 
 def task_modalities(task):
-    return config["tasks"][task]["modalities"]
+    return task_spec(task)["modalities"]
 
 
 def task_shard_map(task, splits):
@@ -143,7 +144,7 @@ def tokenizers_json(wildcards):
 
 def pretrained_model_inputs(task):
     """Model folders of other tasks whose encoders this task starts from (`model.encoders`)."""
-    paths = [Path(p).resolve() for p in config["tasks"][task]["model"].get("encoders", {}).values()]
+    paths = [Path(p).resolve() for p in task_spec(task)["model"].get("encoders", {}).values()]
     return [model_dir(t) for t in TASKS
             if t != task and any(p.is_relative_to(Path(model_dir(t)).resolve()) for p in paths)]
 
@@ -153,7 +154,7 @@ def train_inputs(wildcards):
         "pretrained": pretrained_model_inputs(wildcards.task),
         "shards": task_shards(wildcards.task, ["train", "val"]),
         "tokenizers": list(task_tokenizers(wildcards.task).values()),
-        "labels": task_labels(wildcards.task),
+        "labels": task_labels(main_task(wildcards.task)),
         "code": task_code("finetune")(wildcards),
     }
 
@@ -167,10 +168,21 @@ def evaluate_inputs(wildcards):
         "model": model_dir(wildcards.task),
         "shards": task_shards(wildcards.task, EVALUATE_SPLITS),
         "tokenizers": list(task_tokenizers(wildcards.task).values()),
-        "labels": task_labels(wildcards.task),
+        "labels": task_labels(main_task(wildcards.task)),
         "code": task_code("evaluate_task")(wildcards),
         "ehr": ingest_parts("ehr") if "ehr" in INGESTED else [],
+        # a task's evaluation compares its model with each variant on the same test subjects
+        "variants": [eval_file(v, "predictions.parquet") for v in task_variant_jobs(wildcards.task)],
     }
+
+
+def variants_json(wildcards):
+    """The variants' test predictions (the job's `variants` input) with what each one changed, as JSON."""
+    task = task_spec(wildcards.task)
+    return as_json({TASK_JOBS[v].variant: {"predictions": eval_file(v, "predictions.parquet"),
+                                           "kind": TASK_JOBS[v].kind, "modalities": task_modalities(v),
+                                           "changes": variant_differences(task, task_spec(v))}
+                    for v in task_variant_jobs(wildcards.task)})
 
 
 def task_report_inputs(wildcards):
@@ -192,7 +204,7 @@ def training_log_of(wildcards, input):
 
 
 def task_spec_json(wildcards, key):
-    return as_json(config["tasks"][wildcards.task].get(key, {}))
+    return as_json(task_spec(wildcards.task).get(key, {}))
 
 
 
@@ -209,12 +221,12 @@ def model_params(wildcards):
 
 
 def finetune_params(wildcards):
-    spec = {k: v for k, v in config["tasks"][wildcards.task]["finetune"].items() if k != "gpus"}
+    spec = {k: v for k, v in task_spec(wildcards.task)["finetune"].items() if k != "gpus"}
     return as_json(spec)
 
 
 def task_gpus(wildcards):
-    return config["tasks"][wildcards.task]["finetune"]["gpus"]
+    return task_spec(wildcards.task)["finetune"]["gpus"]
 
 
 def train_launcher(wildcards):

@@ -68,6 +68,7 @@ def task_labels(task):
 
 
 def model_dir(task):
+    """A task's model folder; a variant job `<task>~<variant>` gets its own sibling folder, never one inside."""
     return result("models", task)
 
 
@@ -117,6 +118,11 @@ def predict_outputs():
     ]
 
 
+def task_metrics():
+    """Each task's own metrics.json (its variants' are compared inside it): the summary page's rows."""
+    return [eval_file(t, "metrics.json") for t in TASKS]
+
+
 STAGES = ["ingest", "split", "tokenize", "train", "evaluate", "report"]
 
 
@@ -130,9 +136,9 @@ def stage_outputs(stage):
     if stage == "tokenize":
         return [token_shard(m, s, k, view) for m, view in token_views() for s in SPLITS for k in SHARDS]
     if stage == "train":
-        return [model_dir(t) for t in TASKS]
+        return [model_dir(m) for m in MODELS]
     if stage == "evaluate":
-        return [eval_file(t, "metrics.json") for t in TASKS]
+        return [eval_file(m, "metrics.json") for m in MODELS]
     return [accounting_file(), *(eval_file(t, "report.html") for t in TASKS), summary_report()]
 
 

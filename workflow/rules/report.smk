@@ -56,7 +56,7 @@ rule task_report:
 
 rule summary_report:
     input:
-        metrics=stage_outputs("evaluate"),
+        metrics=task_metrics(),
         accounting=accounting_file(),
         code=entry_code("summary_report"),
     output:

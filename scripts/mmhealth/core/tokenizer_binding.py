@@ -62,9 +62,11 @@ class TokenViews:
 
 
 def task_token_views(config: dict, model_dirs: dict[str, str | Path], results: str | Path,
-                     produced: dict[str, dict[str, str | None]] | None = None) -> TokenViews:
+                     produced: dict[str, dict[str, str | None]] | None = None,
+                     specs: dict[str, dict] | None = None) -> TokenViews:
     """Each task's view of each of its modalities. `model_dirs`: task -> its model folder in this run (an
-    encoder inside one was trained on that task's view). `produced`: other folders this run writes that an
+    encoder inside one was trained on that task's view). `specs`: each model job's effective spec (tasks
+    and their variants; default config `tasks`). `produced`: other folders this run writes that an
     encoder may start from (a pretrained model) -> modality -> the folder whose tokenizer it was trained with
     (None: the pipeline's), e.g. {pretrained text folder: {"text": pretrain.text.init_from}}. Any other folder
     under `results` is the run's own and reads the pipeline's view; a folder outside it is a pretrained
@@ -87,7 +89,7 @@ def task_token_views(config: dict, model_dirs: dict[str, str | Path], results: s
     def resolve(task: str, seen: frozenset[str]) -> dict[str, str | None]:
         if task in by_task:
             return by_task[task]
-        spec, views = config["tasks"][task], {}
+        spec, views = (specs or config["tasks"])[task], {}
         for modality in spec["modalities"]:
             found = encoder_folder(spec, modality)
             if not found:
@@ -105,6 +107,6 @@ def task_token_views(config: dict, model_dirs: dict[str, str | Path], results: s
         by_task[task] = views
         return views
 
-    for task in sorted(config["tasks"]):
+    for task in sorted(specs or config["tasks"]):
         resolve(task, frozenset())
     return TokenViews(by_task, sources)

@@ -11,7 +11,9 @@ regression of the outcome on logit(p)) and calibration-in-the-large intercept (s
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -22,6 +24,16 @@ LOG_T_BOUNDS = (-4.0, 4.0)  # T between ~0.02 and ~55: wider is never a useful m
 PROB_FLOOR = 1e-12  # saved float32 probabilities can round to 0
 NEWTON_STEPS = 50
 CALIBRATION_MEASURES = ("ece", "ece_adaptive", "brier", "nll", "slope", "intercept")
+CALIBRATION_FILE = "calibration.json"  # in the model folder: the temperature fine-tuning fitted on validation
+
+
+def saved_temperature(model_dir: str | Path) -> tuple[float, str | None] | None:
+    """(T, note) saved with the model by fine-tuning; None for a model folder without one."""
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return float(saved["temperature"]), saved.get("note")
 
 
 def _log_prob(prob: np.ndarray) -> np.ndarray:
@@ -147,13 +159,16 @@ def calibration_metrics(y: np.ndarray, prob: np.ndarray, clusters: np.ndarray | 
 
 
 def calibration_report(val_y: np.ndarray, val_prob: np.ndarray, test_y: np.ndarray, test_prob: np.ndarray,
-                       test_clusters: np.ndarray, n_boot: int, seed: int) -> tuple[dict, np.ndarray]:
+                       test_clusters: np.ndarray, n_boot: int, seed: int,
+                       saved: tuple[float, str | None] | None = None) -> tuple[dict, np.ndarray]:
     """metrics.json `calibration` and the calibrated test probabilities. T is fitted on validation alone and
-    applied unchanged to test."""
-    temperature, note = fit_temperature(val_y, val_prob)
+    applied unchanged to test: `saved` is the (T, note) fine-tuning fitted and saved with the model, else T
+    is fitted here."""
+    temperature, note = saved if saved is not None else fit_temperature(val_y, val_prob)
     calibrated = apply_temperature(test_prob, temperature)
     report = {
         "method": "temperature_scaling", "fitted_on": "val", "temperature": temperature, "note": note,
+        "source": "saved with the model" if saved is not None else "fitted at evaluation",
         "n_val": len(val_y),
         "val_nll": {"before": nll(val_y, val_prob), "after": nll(val_y, apply_temperature(val_prob, temperature))},
         "before": calibration_metrics(test_y, test_prob, test_clusters, n_boot, seed),

@@ -40,25 +40,27 @@ def _placements(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, fl
 
 def delong_difference(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray,
                       clusters: np.ndarray | None = None) -> dict:
-    """AUROC(a) - AUROC(b) on the same units, its DeLong standard error and two-sided p-value.
+    """AUROC(a) - AUROC(b) on the same units, its DeLong standard error and two-sided p-value, and both AUROCs.
 
     p is None where the variance is zero with a non-zero difference (degenerate; no normal approximation).
     """
     y, pa_ = check_predictions(y, prob_a)
     _, pb = check_predictions(y, prob_b)
     if len(np.unique(y)) < 2:
-        return {"difference": math.nan, "se": math.nan, "p_value": math.nan}
+        return {"difference": math.nan, "se": math.nan, "p_value": math.nan, "auroc_a": math.nan,
+                "auroc_b": math.nan}
     groups = np.arange(len(y)) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
     n_groups = int(groups.max()) + 1
     classes = scored_classes(y, pa_.shape[1])
     pos_part, neg_part = np.zeros(n_groups), np.zeros(n_groups)
-    difference = 0.0
+    difference = auroc_a = auroc_b = 0.0
     for c in classes:
         positive = y == c
         place_a, auc_a = _placements(positive, pa_[:, c])
         place_b, auc_b = _placements(positive, pb[:, c])
         delta = auc_a - auc_b
         difference += delta / len(classes)
+        auroc_a, auroc_b = auroc_a + auc_a / len(classes), auroc_b + auc_b / len(classes)
         m, n = positive.sum(), (~positive).sum()
         # Per subject: summed placement differences, centred by the subject's share of the difference.
         contrast = place_a - place_b - delta
@@ -76,7 +78,8 @@ def delong_difference(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray,
         p_value = float(2 * norm.sf(abs(difference) / se))
     else:
         p_value = 1.0 if abs(difference) < 1e-12 else None
-    return {"difference": float(difference), "se": se, "p_value": p_value}
+    return {"difference": float(difference), "se": se, "p_value": p_value, "auroc_a": float(auroc_a),
+            "auroc_b": float(auroc_b)}
 
 
 def paired_bootstrap_difference(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray,
@@ -116,6 +119,7 @@ def compare_auroc(model: pd.DataFrame, other: pd.DataFrame, classes: list[str], 
     if joined.empty:  # nothing to pair: say so rather than stop the evaluation
         return {"metric": "auroc", "difference": {"value": math.nan, "ci": [math.nan, math.nan], "n_boot": 0},
                 "p_value": None, "se": None, "test": "delong", "n_units": 0, "n_subjects": 0,
+                "auroc": {"model": math.nan, "other": math.nan},
                 "note": "the two prediction tables share no unit"}
     y, prob_a, subjects = prediction_arrays(joined, classes)
     _, prob_b, _ = prediction_arrays(joined.drop(columns="probabilities").rename(
@@ -124,4 +128,6 @@ def compare_auroc(model: pd.DataFrame, other: pd.DataFrame, classes: list[str], 
     boot = paired_bootstrap_difference(y, prob_a, prob_b, subjects, n_boot, seed)
     return {"metric": "auroc", "difference": {"value": test["difference"], "ci": boot["ci"], "n_boot": boot["n_boot"]},
             "p_value": test["p_value"], "se": test["se"], "test": "delong",
-            "n_units": len(joined), "n_subjects": int(joined["subject_id"].nunique())}
+            "n_units": len(joined), "n_subjects": int(joined["subject_id"].nunique()),
+            # both AUROCs on the paired units (each may differ a little from its own, on all its units)
+            "auroc": {"model": test["auroc_a"], "other": test["auroc_b"]}}

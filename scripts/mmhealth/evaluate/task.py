@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mmhealth.evaluate import baseline, metrics
-from mmhealth.evaluate.calibration import calibration_report
+from mmhealth.evaluate.calibration import calibration_report, saved_temperature
 from mmhealth.evaluate.compare import compare_auroc
 from mmhealth.evaluate.operating import operating_points
 from mmhealth.evaluate.subgroups import subgroup_metrics, subject_attributes
@@ -36,6 +36,8 @@ class EvalInputs:
     shards: dict[str, dict[str, list[Path]]]  # split (test; train: baseline; val: calibration) -> modality -> files
     tokenizers: dict[str, Path]  # modality -> tokenizer folder (the baseline decodes tokens with it)
     ehr_parts: list[Path]  # ingest/ehr parts: sex and age subgroups and the EHR baseline; empty without EHR
+    # variant name -> {"predictions": its test predictions, "kind": declared|ablation, "modalities": [...]}
+    variants: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,7 +55,9 @@ def scored(frame: pd.DataFrame, classes: list[str], n_boot: int, seed: int) -> d
 def validation_fitted(model: FusionClassifier, inputs: EvalInputs, predictions: pd.DataFrame, classes: list[str], n_boot: int,
                       seed: int) -> dict:
     """`calibration` and `operating_points`, fitted on the validation split and applied unchanged to the
-    test predictions, which gain a `probabilities_calibrated` column. Empty without validation units."""
+    test predictions, which gain a `probabilities_calibrated` column. The temperature is the one saved with
+    the model (fitted on the same validation units at the end of fine-tuning). Empty without validation
+    units."""
     val_shards = inputs.shards.get("val")
     val = predictions_frame(model, load_units(model, val_shards, "val", str(inputs.labels))[0], labelled=True) \
         if val_shards else pd.DataFrame()
@@ -63,12 +67,28 @@ def validation_fitted(model: FusionClassifier, inputs: EvalInputs, predictions: 
         return {"calibration": None, "operating_points": {}}
     val_y, val_prob, _ = metrics.prediction_arrays(val, classes)
     y, prob, subjects = metrics.prediction_arrays(predictions, classes)
-    calibration, calibrated = calibration_report(val_y, val_prob, y, prob, subjects, n_boot, seed)
+    calibration, calibrated = calibration_report(val_y, val_prob, y, prob, subjects, n_boot, seed,
+                                                 saved_temperature(inputs.model_dir))
     predictions["probabilities_calibrated"] = list(calibrated.astype(np.float32))
     log.info("temperature %.3f fitted on %d validation units (val NLL %.4f -> %.4f)", calibration["temperature"],
              len(val_y), calibration["val_nll"]["before"], calibration["val_nll"]["after"])
     return {"calibration": calibration,
             "operating_points": operating_points(val_y, val_prob, y, prob, subjects, n_boot, seed)}
+
+
+def variant_comparisons(predictions: pd.DataFrame, variants: dict[str, dict], classes: list[str], n_boot: int,
+                        seed: int) -> dict:
+    """`comparisons.<variant>`: this model minus each variant on the test units both predicted (the same
+    subjects: a variant shares the task's labels and split), with what the variant changed."""
+    out = {}
+    for name, variant in sorted(variants.items()):
+        other = pd.read_parquet(variant["predictions"])
+        out[name] = {**compare_auroc(predictions, other, classes, n_boot, seed),
+                     "kind": variant.get("kind", "declared"), "modalities": list(variant.get("modalities", [])),
+                     "changes": list(variant.get("changes", []))}
+        log.info("variant %s: AUROC difference %s (p=%s) on %d subjects", name, out[name]["difference"]["value"],
+                 out[name]["p_value"], out[name]["n_subjects"])
+    return out
 
 
 def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: int, seed: int,
@@ -87,11 +107,13 @@ def evaluate_task(task: str, modalities: list[str], inputs: EvalInputs, n_boot: 
         "task": task,
         "n_test": len(predictions),
         "n_subjects_test": int(predictions["subject_id"].nunique()),
+        "modalities": modalities,
         "classes": classes,
         "model": model_scores,
         "baseline": {"name": fitted.name, "description": fitted.description, "settings": fitted.settings,
                      **scored(baseline_predictions, classes, n_boot, seed)},
-        "comparisons": {"baseline": compare_auroc(predictions, baseline_predictions, classes, n_boot, seed)},
+        "comparisons": {"baseline": compare_auroc(predictions, baseline_predictions, classes, n_boot, seed),
+                        **variant_comparisons(predictions, inputs.variants, classes, n_boot, seed)},
         **validation_fitted(model, inputs, predictions, classes, n_boot, seed),
         "subgroups": subgroup_metrics(predictions, classes, subject_attributes(inputs.ehr_parts),
                                       model_scores["auroc"]["value"], n_boot, seed),

@@ -36,8 +36,10 @@ def subject_status(predictions: pd.DataFrame) -> pd.Series:
 
 
 def probability_figure(task: str, predictions: pd.DataFrame, classes: list[str]) -> Figure:
-    """Histogram of P(last class) (binary) or of the top probability (several classes), new against seen."""
-    probabilities = np.stack(predictions["probabilities"].to_numpy()) if len(predictions) else np.zeros((0, 2))
+    """Histogram of P(last class) (binary) or of the top probability (several classes), new against seen;
+    calibrated probabilities where the predictions hold them."""
+    column = "probabilities_calibrated" if "probabilities_calibrated" in predictions else "probabilities"
+    probabilities = np.stack(predictions[column].to_numpy()) if len(predictions) else np.zeros((0, 2))
     binary = len(classes) == 2
     value = probabilities[:, -1] if binary else probabilities.max(axis=1, initial=0.0)
     status = subject_status(predictions).to_numpy()
@@ -49,18 +51,20 @@ def probability_figure(task: str, predictions: pd.DataFrame, classes: list[str])
         if mask.any():
             ax.hist(value[mask], bins=bins, alpha=0.7, label=f"{label} ({int(mask.sum())})", color=colour)
     xlabel = f"P({classes[-1]})" if binary else "highest class probability"
+    xlabel += ", calibrated" if column == "probabilities_calibrated" else ", raw"
     ax.set(xlabel=xlabel, ylabel="units", title=task, xlim=(0, 1))
     if len(predictions):
         ax.legend(fontsize=8)
     return fig
 
 
-def task_row(task: str, predictions: pd.DataFrame) -> list:
+def task_row(task: str, predictions: pd.DataFrame, temperature: float | None = None) -> list:
     status = subject_status(predictions)
     subjects = predictions.assign(status=status).drop_duplicates("subject_id")["status"]
     counts = predictions["predicted"].value_counts().sort_index()
     return [task, len(predictions), len(subjects), int((subjects == NEW).sum()), int((subjects != NEW).sum()),
-            ", ".join(f"{c}: {n}" for c, n in counts.items()) or "none"]
+            ", ".join(f"{c}: {n}" for c, n in counts.items()) or "none",
+            f"{temperature:.3f}" if temperature is not None else "none saved"]
 
 
 def manifest_rows(manifests: list[Path]) -> list[list]:
@@ -79,8 +83,9 @@ def write_predict_report(batch: str, predictions: dict[str, Path], manifests: li
     rows, figures, links = [], [], []
     for task in sorted(predictions):
         frame = pq.read_table(predictions[task]).to_pandas()
-        classes = read_metadata(predictions[task])["params"]["classes"]  # the probability columns' order
-        rows.append(task_row(task, frame))
+        params = read_metadata(predictions[task])["params"]
+        classes = params["classes"]  # the probability columns' order
+        rows.append(task_row(task, frame, params.get("temperature")))
         figures.append(figure_html(probability_figure(task, frame, classes), f"{task}: predicted probabilities"))
         if task in eval_reports:
             link = Path(os.path.relpath(eval_reports[task], out_html.parent)).as_posix()
@@ -94,8 +99,16 @@ def write_predict_report(batch: str, predictions: dict[str, Path], manifests: li
         "<h2 id=\"ingest\">Ingested</h2>",
         html_table(["Modality", "Records in", "Records out", "Quarantined"], manifest_rows(manifests)),
         "<h2 id=\"tasks\">Tasks</h2>",
-        html_table(["Task", "Units predicted", "Subjects", "New subjects", "Seen in training", "Predicted"], rows),
-        "<h2 id=\"probabilities\">Predicted probabilities</h2>", *figures,
+        html_table(["Task", "Units predicted", "Subjects", "New subjects", "Seen in training", "Predicted",
+                    "Temperature T"], rows),
+        "<h2 id=\"probabilities\">Predicted probabilities</h2>",
+        "<p>Each <code>predictions.parquet</code> holds two sets of probabilities. <code>probabilities</code>: "
+        "the model's raw output (softmax of its logits). <code>probabilities_calibrated</code>: the same after "
+        "temperature scaling, softmax(logits / T), with the T in the table above, fitted on the validation "
+        "split when the model was trained and saved with it (<code>calibration.json</code> in the model "
+        "folder); the task's evaluation page reports the test-set calibration of both. T never changes the "
+        "predicted class. Read the calibrated ones as risks; the histograms show them.</p>",
+        *figures,
     ]
     if links:
         body += ["<h2 id=\"trust\">How far to trust them</h2>", "<ul>", *links, "</ul>"]

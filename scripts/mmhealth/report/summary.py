@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 
 from mmhealth.report.data_section import data_section
 from mmhealth.report.html import figure_html, format_estimate, html_page, html_table
-from mmhealth.report.verdicts import BASELINE_RULE, verdict_line
+from mmhealth.report.variants_section import fusion_lines
+from mmhealth.report.verdicts import BASELINE_RULE, FUSION_RULE, verdict_line
 
 log = logging.getLogger("report_all")
 
@@ -64,12 +65,14 @@ def calibration_cell(result: dict) -> str:
 
 
 def verdict_items(results: list[tuple[dict, str]]) -> list[str]:
-    """One <li> per task: its verdict line against the baseline, linked to the task page."""
+    """One <li> per task: its verdict line against the baseline, and for a fusion task with ablations the
+    gain over its best single modality and each modality's contribution; linked to the task page."""
     items = []
     for result, report in results:
         line = verdict_line((result.get("comparisons") or {}).get("baseline"))
+        fusion = "".join(f"<br>{escape(extra)}" for extra in fusion_lines(result))
         items.append(f'<li><a href="{escape(quote(report))}">{escape(str(result["task"]))}</a> '
-                     f"{escape(line)}</li>")
+                     f"{escape(line)}{fusion}</li>")
     return items
 
 
@@ -99,8 +102,12 @@ def write_summary_report(metrics_files: list[Path], out_html: Path, accounting: 
         "<p>Test-set estimates with 95% bootstrap confidence intervals over subjects.</p>",
     ]
     if rows:
-        body += ["<h2 id=\"verdicts\">Does each model beat its baseline?</h2>", "<ul>", *verdict_items(results),
+        fusion = any(fusion_lines(r) for r, _ in results)
+        title = "Does each model beat its baseline? Does fusion help?" if fusion else "Does each model beat its baseline?"
+        body += [f"<h2 id=\"verdicts\">{title}</h2>", "<ul>", *verdict_items(results),
                  "</ul>", f"<p class=\"note\">{escape(BASELINE_RULE)}</p>"]
+        if fusion:
+            body.append(f"<p class=\"note\">Fusion tasks. {escape(FUSION_RULE)}</p>")
     body += [
         "<h2 id=\"tasks\">Tasks</h2>",
         html_table(header, rows) if rows else "<p class=\"note\">No task was evaluated.</p>",

@@ -28,6 +28,7 @@ from mmhealth.evaluate.metrics import (
 from mmhealth.report.data_section import data_section
 from mmhealth.report.html import figure_html, format_estimate, html_page, html_table
 from mmhealth.report.model_card import build_model_card, write_model_card
+from mmhealth.report.variants_section import variants_section
 from mmhealth.report.verdicts import BASELINE_RULE, verdict_line
 
 log = logging.getLogger("report_task")
@@ -272,7 +273,8 @@ def training_section(training_log: list[dict] | None) -> str:
 def write_task_report(task: str, metrics: dict, predictions: pd.DataFrame, classes: list[str], out_html: Path,
                       training_log: list[dict] | None = None,
                       baseline_predictions: pd.DataFrame | None = None, accounting: dict | None = None) -> None:
-    """Write the task's HTML report: headline table, comparison with the baseline, classification report, ROC,
+    """Write the task's HTML report: headline table, comparison with the baseline and with the task's variants
+    (the fusion ablation), classification report, ROC,
     PR, calibration before and after, operating points, confusion matrix, subgroups and training curves.
     Only aggregates reach the page, never a subject id."""
     if predictions.empty:
@@ -289,6 +291,7 @@ def write_task_report(task: str, metrics: dict, predictions: pd.DataFrame, class
         f"<p>Classes: {escape(', '.join(classes))}.</p>",
         headline_section(metrics),
         comparison_section(metrics),
+        variants_section(metrics),
         classification_section(y, predicted, classes),
         roc_pr_section(y, prob, classes, baseline),
         calibration_section(y, prob, baseline, calibrated, metrics.get("calibration")),

@@ -42,3 +42,71 @@ def verdict_line(comparison: dict | None, question: str = "beats the baseline") 
     lo, hi = difference["ci"]
     return (f"{question}: {word} (ΔAUROC {difference['value']:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, "
             f"{format_p(comparison.get('p_value'))})")
+
+
+# ---- fusion tasks: what the automatic ablations (only_<m>, without_<m>) say ----
+FUSION_RULE = ("Rules: \"gain over the best single modality\" compares the fusion model with its single-modality "
+               "variant of highest test AUROC: \"yes\" only when the 95% paired-bootstrap CI of the AUROC "
+               "difference (fusion minus it, same test subjects) lies wholly above 0, \"no\" when wholly below "
+               "0, \"inconclusive\" otherwise. A modality contributes (\"yes\") when the CI of fusion minus the "
+               "model trained without it lies wholly above 0, \"no\" when wholly below 0 (the model does better "
+               "without it), \"inconclusive\" otherwise; \"each modality contributes\" is \"yes\" when every "
+               "modality does, \"no\" when any one is \"no\", \"inconclusive\" otherwise. p is DeLong's "
+               "two-sided test, shown for reference.")
+
+
+def _variants(metrics: dict) -> dict[str, dict]:
+    return {name: c for name, c in (metrics.get("comparisons") or {}).items() if name != "baseline"}
+
+
+def single_modality(metrics: dict) -> dict[str, tuple[str, dict]]:
+    """modality -> (variant, comparison) of the variants trained on that one modality of a fusion task."""
+    modalities = metrics.get("modalities") or []
+    if len(modalities) < 2:
+        return {}
+    return {c["modalities"][0]: (name, c) for name, c in sorted(_variants(metrics).items())
+            if len(c.get("modalities") or []) == 1 and c["modalities"][0] in modalities}
+
+
+def leave_one_out(metrics: dict) -> dict[str, tuple[str, dict]]:
+    """modality -> (variant, comparison) of the variants trained on all the task's modalities but that one."""
+    modalities = metrics.get("modalities") or []
+    if len(modalities) < 2:
+        return {}
+    found = {}
+    for name, c in sorted(_variants(metrics).items()):
+        kept = c.get("modalities") or []
+        left_out = [m for m in modalities if m not in kept]
+        if len(left_out) == 1 and len(kept) == len(modalities) - 1 and set(kept) <= set(modalities):
+            found.setdefault(left_out[0], (name, c))
+    return {m: found[m] for m in modalities if m in found}  # in the task's order
+
+
+def _other_auroc(comparison: dict) -> float:
+    value = (comparison.get("auroc") or {}).get("other")
+    return value if _finite(value) else -math.inf
+
+
+def gain_line(metrics: dict) -> str | None:
+    """'gain over the best single modality (only_ehr): yes (ΔAUROC ...)'; None without single-modality variants."""
+    singles = single_modality(metrics)
+    if not singles:
+        return None
+    name, comparison = max(singles.values(), key=lambda item: _other_auroc(item[1]))
+    return verdict_line(comparison, f"gain over the best single modality ({name})")
+
+
+def contributions_line(metrics: dict) -> str | None:
+    """'each modality contributes: inconclusive (image: yes, ΔAUROC ...; dna: ...)'; None without ablations."""
+    left_out = leave_one_out(metrics)
+    if not left_out:
+        return None
+    words = {m: verdict_word(c) for m, (_, c) in left_out.items()}
+    if all(w == "yes" for w in words.values()) and len(left_out) == len(metrics.get("modalities") or []):
+        overall = "yes"
+    elif any(w == "no" for w in words.values()):
+        overall = "no"
+    else:
+        overall = "inconclusive"
+    parts = [verdict_line(c, m) for m, (_, c) in left_out.items()]
+    return f"each modality contributes: {overall} ({'; '.join(parts)})"

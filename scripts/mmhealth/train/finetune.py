@@ -18,6 +18,7 @@ from mmhealth.core.config import from_config
 from mmhealth.core.parquet_io import read_metadata
 from mmhealth.train import checkpoint
 from mmhealth.train.bags import Units, build_units, read_labels, read_row_ids
+from mmhealth.train.calibrate import save_calibration
 from mmhealth.train.config import FinetuneConfig
 from mmhealth.train.device import allow_tf32
 from mmhealth.train.distributed import device_for, setup, teardown
@@ -174,6 +175,7 @@ def run_finetune(task: str, modalities: list[str], inputs: TaskInputs, model_spe
         (out_dir / "README.md").write_text(model_card(task, modalities, classes, cfg, model_spec, best,
                                                       {s: len(d) for s, d in data.items()}))
         log.info("saved %s (best epoch %s)", out_dir, best.get("epoch"))
+        save_calibration(out_dir, data["val"])  # T belongs to the model: evaluation and prediction apply it
         if checkpoint_dir is not None and not cfg.keep_checkpoint:
             checkpoint.remove(checkpoint_dir)
     teardown(procs)
