@@ -57,3 +57,22 @@ def test_encoders_trained_in_this_run_need_no_binding(tmp_path):
     inside = tmp_path / "results" / "models" / "notes" / "encoder-text"
     cfg = config({"fused": {"modalities": ["text", "ehr"], "model": {"encoders": {"text": str(inside)}}}})
     assert bind_text_tokenizer(cfg, tmp_path / "results") is None and cfg["tokenize"]["text"]["tokenizer_path"] is None
+
+
+def test_continued_pretraining_binds_the_notes_to_its_checkpoints_tokenizer(tmp_path):
+    """pretrain.text.init_from: the pipeline tokenises the notes with the checkpoint's tokenizer, so the
+    pretrained folder's tokenizer is the one the task's token shards use."""
+    bert, other = model_folder(tmp_path, "bert", '{"a": 0}'), model_folder(tmp_path, "other", '{"b": 0}')
+    cfg = {**config({}), "pretrain": {"text": {"init_from": bert}}}
+    assert "'pretrain.text.init_from'" in bind_text_tokenizer(cfg, tmp_path / "results")
+    assert cfg["tokenize"]["text"]["tokenizer_path"] == bert
+    cfg = {**config({}, tokenizer_path=other), "pretrain": {"text": {"init_from": bert}}}
+    with pytest.raises(ValueError, match=r"'tokenize\.text\.tokenizer_path'.*'pretrain\.text\.init_from'"):
+        bind_text_tokenizer(cfg, tmp_path / "results")
+    cfg = {**config({"n": {"modalities": ["text"], "model": {"path": other}}}),
+           "pretrain": {"text": {"init_from": bert}}}
+    with pytest.raises(ValueError, match=r"'tasks\.n\.model\.path' and 'pretrain\.text\.init_from'"):
+        bind_text_tokenizer(cfg, tmp_path / "results")
+    # this run's own pretrained folder (under results/) reads the pipeline's tokenizer: nothing to bind
+    cfg = {**config({}), "pretrain": {"text": {"init_from": None}, "dna": {}}}
+    assert bind_text_tokenizer(cfg, tmp_path / "results") is None

@@ -41,6 +41,18 @@ INGESTED = [m for m, key in INGEST_INPUT.items() if config["inputs"].get(key)]
 TASKS = sorted(config["tasks"])
 
 
+def task_pretrained(task):
+    """The modalities a task fine-tunes from this run's pretrain stage (`model.pretrained`)."""
+    pretrained = config["tasks"][task]["model"].get("pretrained", False)
+    if pretrained is True:
+        return list(config["tasks"][task]["modalities"])
+    return list(pretrained or [])
+
+
+# Modalities the pretrain stage trains: those configured under `pretrain`, and those a task asks for.
+PRETRAINED = sorted(set(config["pretrain"]) | {m for t in TASKS for m in task_pretrained(t)})
+
+
 def _check_config():
     """Cross-key checks JSON Schema cannot express; fail before any job with the key named."""
     fractions = config["split"]
@@ -55,6 +67,18 @@ def _check_config():
                 )
         if "path" in spec["model"] and len(spec["modalities"]) > 1:
             raise ValueError(f"config key 'tasks.{task}.model.path': only for single-modality tasks")
+        for modality in task_pretrained(task):
+            if modality not in spec["modalities"]:
+                raise ValueError(f"config key 'tasks.{task}.model.pretrained': '{modality}' is not one of the "
+                                 f"task's modalities {spec['modalities']}")
+            if "path" in spec["model"] or modality in spec["model"].get("encoders", {}):
+                where = "path" if "path" in spec["model"] else f"encoders.{modality}"
+                raise ValueError(f"config keys 'tasks.{task}.model.pretrained' and 'tasks.{task}.model.{where}' "
+                                 f"both give the {modality} encoder: keep one")
+    for modality in config["pretrain"]:
+        if TOKEN_SOURCE[modality] not in INGESTED:
+            raise ValueError(f"config key 'pretrain.{modality}': needs "
+                             f"'inputs.{INGEST_INPUT[TOKEN_SOURCE[modality]]}', which is not set")
     salt = Path(config["privacy"]["salt_file"]).resolve()
     if salt.is_relative_to(RESULTS.resolve()):
         raise ValueError("config key 'privacy.salt_file': the pseudonym key must not live under results")
@@ -70,7 +94,7 @@ _check_config()
 RAW_INDEX = raw_index.build_index(
     config["inputs"], config["privacy"]["salt_file"], config["shards"], config["staging"]
 )
-TOKENIZED = sorted({m for spec in config["tasks"].values() for m in spec["modalities"]})
+TOKENIZED = sorted({m for spec in config["tasks"].values() for m in spec["modalities"]} | set(PRETRAINED))
 # New data to predict on (config `predict`): batches of raw exports run through trained tasks.
 BATCHES = sorted(config["predict"])
 

@@ -116,9 +116,15 @@ def pretrained_model_inputs(task):
             if t != task and any(p.is_relative_to(Path(model_dir(t)).resolve()) for p in paths)]
 
 
+def pretrain_stage_inputs(task):
+    """This run's pretrained folders a task fine-tunes from (`model.pretrained`): re-running pretraining
+    re-runs exactly these tasks."""
+    return [pretrained_dir(m) for m in task_pretrained(task)]
+
+
 def train_inputs(wildcards):
     return {
-        "pretrained": pretrained_model_inputs(wildcards.task),
+        "pretrained": pretrained_model_inputs(wildcards.task) + pretrain_stage_inputs(wildcards.task),
         "shards": task_shards(wildcards.task, ["train", "val"]),
         "tokenizers": list(task_tokenizers(wildcards.task).values()),
         "labels": task_labels(wildcards.task),
@@ -173,7 +179,36 @@ def task_modalities_csv(wildcards):
 
 
 def model_params(wildcards):
-    return task_spec_json(wildcards, "model")
+    """config `tasks.<t>.model`, with `encoders.<m>` pointing at results/pretrained/<m> for every modality the
+    task fine-tunes from the pretrain stage."""
+    spec = config["tasks"][wildcards.task].get("model", {})
+    pretrained = task_pretrained(wildcards.task)
+    if not pretrained:
+        return task_spec_json(wildcards, "model")
+    encoders = {**spec.get("encoders", {}), **{m: pretrained_dir(m) for m in pretrained}}
+    return as_json({**spec, "encoders": encoders})
+
+
+def pretrain_shard_map(modality):
+    """split -> the modality's train and val token shards (pretraining never reads test rows)."""
+    return {s: [token_shard(modality, s, k) for k in SHARDS] for s in ("train", "val")}
+
+
+def pretrain_inputs(wildcards):
+    return {
+        "shards": [p for paths in pretrain_shard_map(wildcards.modality).values() for p in paths],
+        "tokenizer": tokenizer_dir(wildcards.modality),
+        "code": modality_code("pretrain_modality")(wildcards),
+    }
+
+
+def pretrain_shards_json(wildcards):
+    return as_json(pretrain_shard_map(wildcards.modality))
+
+
+def pretrain_params(wildcards):
+    """config `pretrain.<m>` ({} when only a task asks for it: the schema's defaults apply)."""
+    return as_json(config["pretrain"].get(wildcards.modality, {}))
 
 
 def finetune_params(wildcards):

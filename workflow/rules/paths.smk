@@ -62,6 +62,15 @@ def task_labels(task):
     return result("splits", "labels", f"{task}.parquet")
 
 
+def pretrained_dir(modality):
+    return result("pretrained", modality)
+
+
+def pretrain_checkpoint_dir(modality):
+    """A pretraining job's resumable state: a param, not an output, so Snakemake keeps it when the job fails."""
+    return result("checkpoints", "pretrained", modality)
+
+
 def model_dir(task):
     return result("models", task)
 
@@ -112,7 +121,7 @@ def predict_outputs():
     ]
 
 
-STAGES = ["ingest", "split", "tokenize", "train", "evaluate", "report"]
+STAGES = ["ingest", "split", "tokenize", "pretrain", "train", "evaluate", "report"]
 
 
 def stage_outputs(stage):
@@ -124,6 +133,8 @@ def stage_outputs(stage):
                 *([meds_dataset()] if "ehr" in INGESTED else [])]
     if stage == "tokenize":
         return [token_shard(m, s, k) for m in TOKENIZED for s in SPLITS for k in SHARDS]
+    if stage == "pretrain":
+        return [pretrained_dir(m) for m in PRETRAINED]
     if stage == "train":
         return [model_dir(t) for t in TASKS]
     if stage == "evaluate":

@@ -1,7 +1,8 @@
 """A pretrained text encoder and its tokenizer belong together.
 
 Notes are tokenised once per run (`tokenize.text`). When a task loads a local pretrained text encoder
-(`model.path` of a text task, or `model.encoders.text`), the notes must be tokenised with that folder's own
+(`model.path` of a text task, or `model.encoders.text`), or continues pretraining one
+(`pretrain.text.init_from`), the notes must be tokenised with that folder's own
 tokenizer, or the ids land on the wrong rows of its embedding matrix. This module binds the two while the
 workflow parses its config: it fills `tokenize.text.tokenizer_path` from the model folder when unset, and
 stops the run, naming both keys, when they cannot match.
@@ -16,8 +17,8 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def external_text_encoders(config: dict, results: Path) -> dict[str, str]:
-    """config key -> folder of every pretrained text encoder from outside the run (a folder under results/
-    is another task's encoder, trained on this run's own tokens)."""
+    """config key -> folder of every pretrained text encoder from outside the run, the pretrain stage's
+    `init_from` included (a folder under results/ is another task's encoder, trained on this run's own tokens)."""
     found = {}
     for task, spec in config["tasks"].items():
         if "text" not in spec["modalities"]:
@@ -31,6 +32,10 @@ def external_text_encoders(config: dict, results: Path) -> dict[str, str]:
             continue
         if not Path(folder).resolve().is_relative_to(results.resolve()):
             found[key] = folder
+    # Continued pretraining of a local text model reads the notes with that model's own ids too.
+    init_from = (config.get("pretrain", {}).get("text") or {}).get("init_from")
+    if init_from and not Path(init_from).resolve().is_relative_to(results.resolve()):
+        found["pretrain.text.init_from"] = init_from
     return found
 
 
