@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from workflow_helpers import REPO, SNAKEMAKE, TASKS, copy_workflow, snakemake, tiny_config
+from workflow_helpers import REPO, SNAKEMAKE, TASKS, TINY_PRETRAINED, copy_workflow, snakemake, tiny_config
 
 from mmhealth.demo.data import generate_demo
 
@@ -401,3 +401,41 @@ def test_the_person_running_it_sees_what_was_refused_and_unused(run):
         if path.is_file():
             text = _parquet_text(path) if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
             assert not [i for i in UNKNOWN_LABEL_IDS if i in text], path
+
+
+def test_pretrained_folders_load_and_their_tasks_fine_tune_from_them(run):
+    from transformers import AutoModelForMaskedLM
+
+    for task, modality in TINY_PRETRAINED.items():
+        folder = run / "results" / "pretrained" / modality
+        for name in ("training.jsonl", "README.md", "pretrain_card.json", "config.json", "model.safetensors"):
+            assert (folder / name).exists(), f"{modality}: {name}"
+        tokenizer = run / "results" / "tokens" / modality / "tokenizer" / "tokenizer.json"
+        assert (folder / "tokenizer.json").read_bytes() == tokenizer.read_bytes()  # the shards' own tokenizer
+        assert type(AutoModelForMaskedLM.from_pretrained(folder, local_files_only=True)).__name__ == "BertForMaskedLM"
+        assert f"{modality} from results/pretrained/{modality}" in (run / "results" / "models" / task / "README.md").read_text()
+
+
+def test_touching_a_pretrained_folder_reruns_only_the_tasks_that_use_it(run):
+    folder = run / "results" / "pretrained" / "dna"
+    saved = {p: p.stat() for p in [folder, *folder.iterdir()]}
+    try:
+        for path in saved:
+            os.utime(path)
+        jobs = by_rule(planned_jobs(run))
+    finally:
+        for path, stat in saved.items():
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # variant_dna fine-tunes from it; composite_risk starts from variant_dna's encoder; nothing upstream
+    assert {w["task"] for w in jobs["finetune"]} == {"variant_dna", "composite_risk"}
+    assert not [rule for rule in jobs if rule.startswith(("ingest", "tokenize", "fit", "pretrain"))]
+
+
+def test_changing_pretrain_settings_reruns_that_pretraining_and_its_tasks(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["pretrain"]["text"]["lr"] = 1e-4
+    (run / "pretrain_changed.yaml").write_text(yaml.safe_dump(config))
+    jobs = by_rule(planned_jobs(run, "pretrain_changed.yaml"))
+    assert jobs["pretrain_modality"] == [{"modality": "text"}]
+    assert jobs["finetune"] == [{"task": "finding_note"}]
+    assert not [rule for rule in jobs if rule.startswith(("ingest", "tokenize", "fit"))]
