@@ -426,8 +426,8 @@ def test_touching_a_pretrained_folder_reruns_only_the_tasks_that_use_it(run):
     finally:
         for path, stat in saved.items():
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # variant_dna fine-tunes from it; composite_risk starts from variant_dna's encoder; nothing upstream
-    assert {w["task"] for w in jobs["finetune"]} == {"variant_dna", "composite_risk"}
+    # variant_dna fine-tunes from it (the tiny config's composite_risk starts fresh); nothing upstream
+    assert jobs["finetune"] == [{"task": "variant_dna"}] and jobs["evaluate_task"] == [{"task": "variant_dna"}]
     assert not [rule for rule in jobs if rule.startswith(("ingest", "tokenize", "fit", "pretrain"))]
 
 
@@ -439,3 +439,18 @@ def test_changing_pretrain_settings_reruns_that_pretraining_and_its_tasks(run):
     assert jobs["pretrain_modality"] == [{"modality": "text"}]
     assert jobs["finetune"] == [{"task": "finding_note"}]
     assert not [rule for rule in jobs if rule.startswith(("ingest", "tokenize", "fit"))]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["tasks"]["variant_dna"]["model"].update(encoders={"dna": "elsewhere"}),
+     "config keys 'tasks.variant_dna.model.pretrained' and 'tasks.variant_dna.model.encoders.dna' both give"),
+    (lambda c: c["tasks"]["lesion_ct"]["model"].update(pretrained=["dna"]),
+     "config key 'tasks.lesion_ct.model.pretrained': 'dna' is not one of the task's modalities"),
+    (lambda c: c["pretrain"].update(text={"mask_prob": 2}), "config key 'pretrain.text.mask_prob'"),
+])
+def test_pretrain_config_mistakes_stop_before_any_job(run, tmp_path, change, message):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    change(config)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    done = sm(run, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert done.returncode != 0 and message in done.stdout + done.stderr
