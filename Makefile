@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 DEMO_SUBJECTS ?= 200
+# Patients with exports but no labels: what the pretrain stage learns from (labels stay scarce).
+DEMO_UNLABELED ?= 300
 
 .PHONY: install run test demo lint clean
 
@@ -22,7 +24,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo/raw/labels: $(STAMP) scripts/make_demo_data.py
-	$(BIN)/python scripts/make_demo_data.py --out demo/raw --subjects $(DEMO_SUBJECTS) --seed 0 \
+	$(BIN)/python scripts/make_demo_data.py --out demo/raw --subjects $(DEMO_SUBJECTS) \
+		--unlabeled $(DEMO_UNLABELED) --seed 0 \
 		--salt-file demo/mmhealth_demo_salt
 	# Later exports of 30 other patients: the config's `predict` batch runs the trained tasks on them.
 	$(BIN)/python scripts/make_demo_data.py --out demo/new --subjects 30 --seed 1

@@ -298,3 +298,25 @@ def test_cli_rerun_replaces_a_demo_export_but_refuses_a_foreign_folder(tmp_path,
     assert (foreign / "thesis.docx").read_text() == "precious"
     with pytest.raises(ValueError, match="slices"):
         demo.generate_demo(tmp_path / "bad", n_subjects=3, slices=(4, 2))
+
+
+def test_an_unlabeled_pool_adds_patients_without_changing_the_labelled_ones(export, tmp_path):
+    """--unlabeled: more patients with exports and no label rows, drawn from their own streams, so the
+    labelled patients' files are byte for byte those of an export without the pool."""
+    out, summary = export
+    pooled = tmp_path / "pooled"
+    more = demo.generate_demo(pooled, n_subjects=N, seed=SEED, image_size=SIZE, slices=SLICES, unlabeled=4)
+    assert more["unlabeled"]["subjects"] == 4 and more["labels"] == summary["labels"]
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.suffix != ".json"):
+        here = pooled / path.relative_to(out)
+        if path.parent.name == "ehr":  # the pool's rows come after the labelled patients' rows
+            assert here.read_bytes().startswith(path.read_bytes()) and here.stat().st_size > path.stat().st_size
+        else:
+            assert here.read_bytes() == path.read_bytes(), path.relative_to(out)
+    patients = pd.read_csv(pooled / "ehr" / "patients.csv")["patient_id"]
+    labelled = set(pd.read_csv(pooled / "labels" / "lesion_ct.csv")["subject_id"])
+    pool = set(patients) - labelled
+    assert len(pool) == 4 and patients.is_unique
+    assert {p.name for p in (pooled / "dicom").iterdir() if p.name.startswith("POOL_")} and \
+        {p.name for p in (pooled / "fasta").iterdir() if p.name.startswith("pool_")}
+    assert pool <= set(json.loads((pooled / "identifiers.json").read_text())["patient_ids"])

@@ -13,7 +13,7 @@ from mmhealth.core.code_inputs import code_files
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
-STAGES = {"core", "ingest", "split", "tokenize", "train", "evaluate", "report", "predict", "demo"}
+STAGES = {"core", "ingest", "split", "tokenize", "pretrain", "train", "evaluate", "report", "predict", "demo"}
 OTHER_ENTRIES = {"make_demo_data"}  # run by the Makefile, not by a rule
 
 

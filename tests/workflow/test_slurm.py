@@ -170,6 +170,8 @@ def write_tiny_workdir(work: Path, raw: Path, salt: Path) -> Path:
     config = tiny_config(raw)
     config["inputs"].update(dicom=None)
     config["tasks"] = {task: config["tasks"][task] for task in TINY_TASKS}
+    used = {m for task in TINY_TASKS for m in config["tasks"][task]["modalities"]}
+    config["pretrain"] = {m: spec for m, spec in config["pretrain"].items() if m in used}
     config.update(shards=1)
     config["privacy"]["salt_file"] = str(salt)
     work.mkdir()

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from workflow_helpers import REPO, SNAKEMAKE, TASKS, copy_workflow, snakemake, tiny_config
+from workflow_helpers import REPO, SNAKEMAKE, TASKS, TINY_PRETRAINED, copy_workflow, snakemake, tiny_config
 
 from mmhealth.demo.data import generate_demo
 
@@ -546,3 +546,56 @@ def test_a_second_text_task_with_its_own_tokenizer_adds_a_view_and_reruns_nothin
     assert json.loads((work / "results" / "eval" / "finding_bert" / "metrics.json").read_text())["n_test"] > 0
     done = sm(work, "evaluate", "-n", "--configfile", "two_tokenizers.yaml", snakefile=run / "Snakefile")
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_pretrained_folders_load_and_their_tasks_fine_tune_from_them(run):
+    from transformers import AutoModelForMaskedLM
+
+    for task, modality in TINY_PRETRAINED.items():
+        folder = run / "results" / "pretrained" / modality
+        for name in ("training.jsonl", "README.md", "pretrain_card.json", "config.json", "model.safetensors"):
+            assert (folder / name).exists(), f"{modality}: {name}"
+        tokenizer = run / "results" / "tokens" / modality / "tokenizer" / "tokenizer.json"
+        assert (folder / "tokenizer.json").read_bytes() == tokenizer.read_bytes()  # the shards' own tokenizer
+        assert type(AutoModelForMaskedLM.from_pretrained(folder, local_files_only=True)).__name__ == "BertForMaskedLM"
+        assert f"{modality} from results/pretrained/{modality}" in (run / "results" / "models" / task / "README.md").read_text()
+
+
+def test_touching_a_pretrained_folder_reruns_only_the_tasks_that_use_it(run):
+    folder = run / "results" / "pretrained" / "dna"
+    saved = {p: p.stat() for p in [folder, *folder.iterdir()]}
+    try:
+        for path in saved:
+            os.utime(path)
+        jobs = by_rule(planned_jobs(run))
+    finally:
+        for path, stat in saved.items():
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # variant_dna fine-tunes from it (the tiny config's composite_risk starts fresh); nothing upstream
+    assert jobs["finetune"] == [{"task": "variant_dna"}] and jobs["evaluate_task"] == [{"task": "variant_dna"}]
+    assert not [rule for rule in jobs if rule.startswith(("ingest", "tokenize", "fit", "pretrain"))]
+
+
+def test_changing_pretrain_settings_reruns_that_pretraining_and_its_tasks(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["pretrain"]["text"]["lr"] = 1e-4
+    (run / "pretrain_changed.yaml").write_text(yaml.safe_dump(config))
+    jobs = by_rule(planned_jobs(run, "pretrain_changed.yaml"))
+    assert jobs["pretrain_modality"] == [{"modality": "text"}]
+    assert jobs["finetune"] == [{"task": "finding_note"}]
+    assert not [rule for rule in jobs if rule.startswith(("ingest", "tokenize", "fit"))]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["tasks"]["variant_dna"]["model"].update(encoders={"dna": "elsewhere"}),
+     "config keys 'tasks.variant_dna.model.pretrained' and 'tasks.variant_dna.model.encoders.dna' both give"),
+    (lambda c: c["tasks"]["lesion_ct"]["model"].update(pretrained=["dna"]),
+     "config key 'tasks.lesion_ct.model.pretrained': 'dna' is not one of the task's modalities"),
+    (lambda c: c["pretrain"].update(text={"mask_prob": 2}), "config key 'pretrain.text.mask_prob'"),
+])
+def test_pretrain_config_mistakes_stop_before_any_job(run, tmp_path, change, message):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    change(config)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    done = sm(run, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert done.returncode != 0 and message in done.stdout + done.stderr

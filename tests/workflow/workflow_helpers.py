@@ -14,6 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 TASKS = ["lesion_ct", "variant_dna", "finding_note", "diabetes_ehr", "composite_risk"]
+TINY_PRETRAINED = {"variant_dna": "dna", "finding_note": "text"}  # task -> the modality it fine-tunes from pretraining
 def tiny_config(raw: Path) -> dict:
     """The demo config shrunk to seconds: same tasks and inputs, tiny models, one epoch."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -25,11 +26,15 @@ def tiny_config(raw: Path) -> dict:
     config["ingest"]["dicom"]["image_size"] = 16
     config["tokenize"]["image"]["size"] = 16
     config["tokenize"]["text"]["vocab_size"] = 300
-    for task in config["tasks"].values():
-        task["model"] = {"init": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 4}}
+    tiny = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 4}
+    for name, task in config["tasks"].items():
+        task["model"] = {"init": dict(tiny), **({"pretrained": True} if name in TINY_PRETRAINED else {})}
         task["finetune"].update(epochs=1, patience=1, batch_size=8, max_rows_per_bag=2)
     # the fusion task's six automatic ablations would double the run: tests that want them turn them on
     config["tasks"]["composite_risk"]["ablations"] = False
+    # Two modalities pretrained (a few steps each) keep the run short and still show the DAG's dependency.
+    config["pretrain"] = {TINY_PRETRAINED[t]: {"init": dict(tiny), "max_steps": 3, "batch_size": 8, "log_every": 1}
+                          for t in TINY_PRETRAINED}
     return config
 
 

@@ -19,6 +19,7 @@ ENTRY_ENV = {
     "leakage_audit": "ingest",
     "meds_layout": "ingest",
     "tokenize_modality": "tokenize",
+    "pretrain_modality": "train",
     "finetune": "train",
     "evaluate_task": "train",
     "predict_task": "train",

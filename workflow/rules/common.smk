@@ -70,12 +70,40 @@ def task_config_key(name):
     return f"tasks.{job.task}" + (f".variants.{job.variant}" if job.variant else "")
 
 
+def requested_pretrained(spec):
+    """`model.pretrained` as a list of modalities (true: all of the spec's)."""
+    pretrained = spec["model"].get("pretrained", False)
+    return list(spec["modalities"]) if pretrained is True else list(pretrained or [])
+
+
+def task_pretrained(name):
+    """The modalities a task or variant job fine-tunes from this run's pretrain stage (`model.pretrained`);
+    an ablation keeps those of the modalities it still has."""
+    spec = task_spec(name)
+    return [m for m in requested_pretrained(spec) if m in spec["modalities"]]
+
+
+def effective_model(name):
+    """A job's `model` spec as fine-tuning reads it: `encoders.<m>` pointing at results/pretrained/<m> for
+    every modality it fine-tunes from the pretrain stage."""
+    model = task_spec(name)["model"]
+    pretrained = task_pretrained(name)
+    if not pretrained:
+        return model
+    return {**model, "encoders": {**model.get("encoders", {}), **{m: pretrained_dir(m) for m in pretrained}}}
+
+
+# Modalities the pretrain stage trains: those configured under `pretrain`, and those a task asks for.
+PRETRAINED = sorted(set(config["pretrain"]) | {m for t in MODELS for m in task_pretrained(t)})
+
+
 def _check_config():
     """Cross-key checks JSON Schema cannot express; fail before any job with the key named."""
     fractions = config["split"]
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"config key 'split': fractions must sum to 1, got {fractions}")
-    for task, spec in ((task_config_key(name), job.spec) for name, job in TASK_JOBS.items()):
+    for name, job in TASK_JOBS.items():
+        task, spec = task_config_key(name), job.spec
         for modality in spec["modalities"]:
             if TOKEN_SOURCE[modality] not in INGESTED:
                 raise ValueError(
@@ -84,6 +112,18 @@ def _check_config():
                 )
         if "path" in spec["model"] and len(spec["modalities"]) > 1:
             raise ValueError(f"config key '{task}.model.path': only for single-modality tasks")
+        for modality in requested_pretrained(spec):
+            if modality not in spec["modalities"]:
+                raise ValueError(f"config key '{task}.model.pretrained': '{modality}' is not one of the "
+                                 f"task's modalities {spec['modalities']}")
+            if "path" in spec["model"] or modality in spec["model"].get("encoders", {}):
+                where = "path" if "path" in spec["model"] else f"encoders.{modality}"
+                raise ValueError(f"config keys '{task}.model.pretrained' and '{task}.model.{where}' "
+                                 f"both give the {modality} encoder: keep one")
+    for modality in config["pretrain"]:
+        if TOKEN_SOURCE[modality] not in INGESTED:
+            raise ValueError(f"config key 'pretrain.{modality}': needs "
+                             f"'inputs.{INGEST_INPUT[TOKEN_SOURCE[modality]]}', which is not set")
     salt = Path(config["privacy"]["salt_file"]).resolve()
     if salt.is_relative_to(RESULTS.resolve()):
         raise ValueError("config key 'privacy.salt_file': the pseudonym key must not live under results")

@@ -1,10 +1,14 @@
 # Input functions and the params derived from them: a job is handed exactly the files its rule declares.
-from mmhealth.core.tokenizer_binding import task_token_views  # noqa: E402
+from mmhealth.core.tokenizer_binding import task_token_views, tokenizer_view  # noqa: E402
 
 # Which tokenised view of each modality each task reads: the pipeline's own (None), or the view of the
-# tokenizer its pretrained encoder needs (scripts/mmhealth/core/tokenizer_binding.py).
-TOKEN_VIEWS = task_token_views(config, {t: model_dir(t) for t in MODELS}, RESULTS,
-                               specs={t: task_spec(t) for t in MODELS})
+# tokenizer its pretrained encoder needs (scripts/mmhealth/core/tokenizer_binding.py); a task fine-tuning
+# from this run's pretraining reads the view that pretraining read.
+TOKEN_VIEWS = task_token_views(
+    config, {t: model_dir(t) for t in MODELS}, RESULTS,
+    produced={pretrained_dir(m): {m: (config["pretrain"].get(m) or {}).get("init_from")} for m in PRETRAINED},
+    specs={t: {**task_spec(t), "model": effective_model(t)} for t in MODELS},
+)
 
 
 def dicom_shard_files(wildcards):
@@ -107,6 +111,7 @@ def task_view(task, modality):
 def token_views():
     """(modality, view) of every tokenised view some task reads, the pipeline's own first."""
     pairs = {(m, task_view(t, m)) for t in MODELS for m in task_modalities(t)}
+    pairs |= {(m, pretrain_view(m)) for m in PRETRAINED}
     return sorted(pairs, key=lambda pair: (pair[0], pair[1] or ""))
 
 
@@ -149,9 +154,15 @@ def pretrained_model_inputs(task):
             if t != task and any(p.is_relative_to(Path(model_dir(t)).resolve()) for p in paths)]
 
 
+def pretrain_stage_inputs(task):
+    """This run's pretrained folders a task fine-tunes from (`model.pretrained`): re-running pretraining
+    re-runs exactly these tasks."""
+    return [pretrained_dir(m) for m in task_pretrained(task)]
+
+
 def train_inputs(wildcards):
     return {
-        "pretrained": pretrained_model_inputs(wildcards.task),
+        "pretrained": pretrained_model_inputs(wildcards.task) + pretrain_stage_inputs(wildcards.task),
         "shards": task_shards(wildcards.task, ["train", "val"]),
         "tokenizers": list(task_tokenizers(wildcards.task).values()),
         "labels": task_labels(main_task(wildcards.task)),
@@ -217,7 +228,35 @@ def task_modalities_csv(wildcards):
 
 
 def model_params(wildcards):
-    return task_spec_json(wildcards, "model")
+    return as_json(effective_model(wildcards.task))
+
+
+def pretrain_view(modality):
+    """The view a pretraining reads: that of its `init_from` checkpoint's own tokenizer, else the pipeline's."""
+    init_from = (config["pretrain"].get(modality) or {}).get("init_from")
+    return init_from and tokenizer_view(config, modality, init_from, f"pretrain.{modality}.init_from")
+
+
+def pretrain_shard_map(modality):
+    """split -> the modality's train and val token shards (pretraining never reads test rows)."""
+    return {s: [token_shard(modality, s, k, pretrain_view(modality)) for k in SHARDS] for s in ("train", "val")}
+
+
+def pretrain_inputs(wildcards):
+    return {
+        "shards": [p for paths in pretrain_shard_map(wildcards.modality).values() for p in paths],
+        "tokenizer": tokenizer_dir(wildcards.modality, pretrain_view(wildcards.modality)),
+        "code": modality_code("pretrain_modality")(wildcards),
+    }
+
+
+def pretrain_shards_json(wildcards):
+    return as_json(pretrain_shard_map(wildcards.modality))
+
+
+def pretrain_params(wildcards):
+    """config `pretrain.<m>` ({} when only a task asks for it: the schema's defaults apply)."""
+    return as_json(config["pretrain"].get(wildcards.modality, {}))
 
 
 def finetune_params(wildcards):

@@ -67,6 +67,15 @@ def task_labels(task):
     return result("splits", "labels", f"{task}.parquet")
 
 
+def pretrained_dir(modality):
+    return result("pretrained", modality)
+
+
+def pretrain_checkpoint_dir(modality):
+    """A pretraining job's resumable state: a param, not an output, so Snakemake keeps it when the job fails."""
+    return result("checkpoints", "pretrained", modality)
+
+
 def model_dir(task):
     """A task's model folder; a variant job `<task>~<variant>` gets its own sibling folder, never one inside."""
     return result("models", task)
@@ -123,7 +132,7 @@ def task_metrics():
     return [eval_file(t, "metrics.json") for t in TASKS]
 
 
-STAGES = ["ingest", "split", "tokenize", "train", "evaluate", "report"]
+STAGES = ["ingest", "split", "tokenize", "pretrain", "train", "evaluate", "report"]
 
 
 def stage_outputs(stage):
@@ -135,6 +144,8 @@ def stage_outputs(stage):
                 *([meds_dataset()] if "ehr" in INGESTED else [])]
     if stage == "tokenize":
         return [token_shard(m, s, k, view) for m, view in token_views() for s in SPLITS for k in SHARDS]
+    if stage == "pretrain":
+        return [pretrained_dir(m) for m in PRETRAINED]
     if stage == "train":
         return [model_dir(m) for m in MODELS]
     if stage == "evaluate":

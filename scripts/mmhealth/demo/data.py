@@ -8,6 +8,7 @@ content. identifiers.json lists every direct identifier written, so leak tests c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -15,6 +16,7 @@ import io
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ log = logging.getLogger("make_demo_data")
 TASKS = ("lesion_ct", "variant_dna", "finding_note", "diabetes_ehr", "composite_risk")
 MANAGED = ("dicom", "fasta", "ehr", "labels", "identifiers.json", "phi_audit")  # what a re-run may replace
 MOTIF = "GATTACAGATTA"
+POOL_SEED_OFFSET = 1_000_003  # the unlabeled pool's seed is the demo seed plus this: streams of its own
 TISSUE_HU, LUNG_HU, AIR_HU, NOISE_HU = 40.0, -820.0, -1000.0, 12.0
 RESCALE_INTERCEPT = -1024
 AORTA = (-0.04, 0.12, 0.035)  # centre x, y and radius as image fractions from the image centre
@@ -438,9 +441,46 @@ def _prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def plan_unlabeled(n_unlabeled: int, labeled: list[Subject], seed: int, image_size: int,
+                   slices: tuple[int, int]) -> list[Subject]:
+    """The unlabeled pool: subjects from their own seed (POOL_SEED_OFFSET), so the labelled subjects'
+    draws do not depend on the pool, with patient ids distinct from the labelled ones."""
+    pool = plan_subjects(n_unlabeled, seed + POOL_SEED_OFFSET, image_size, slices) if n_unlabeled else []
+    taken, renamed = {s.patient_id for s in labeled}, []
+    for subject in pool:
+        number = int(subject.patient_id[3:])
+        while f"MRN{number:07d}" in taken:
+            number = 1_000_000 + (number - 999_999) % 9_000_000
+        taken.add(f"MRN{number:07d}")
+        renamed.append(dataclasses.replace(subject, patient_id=f"MRN{number:07d}"))
+    return renamed
+
+
+def write_unlabeled(pool: list[Subject], out: Path, seed: int, image_size: int) -> dict:
+    """Exports of the unlabeled pool beside the labelled ones: own DICOM folders (POOL_<n>) and FASTA files
+    (pool_<name>), rows appended to the EHR CSVs (whose earlier bytes stay as they were), no label rows."""
+    pool_seed = seed + POOL_SEED_OFFSET
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        summary = {"dicom": write_dicom(pool, tmp, pool_seed, image_size), "fasta": write_fasta(pool, tmp, pool_seed),
+                   "ehr": write_ehr(pool, tmp, pool_seed)}
+        for folder in sorted((tmp / "dicom").iterdir()):
+            shutil.move(folder, out / "dicom" / folder.name.replace("EXPORT_", "POOL_"))
+        for path in sorted((tmp / "fasta").iterdir()):
+            shutil.move(path, out / "fasta" / f"pool_{path.name}")
+        for path in sorted((tmp / "ehr").glob("*.csv")):
+            rows = path.read_text(encoding="utf-8").split("\n", 1)[1]
+            with (out / "ehr" / path.name).open("a", encoding="utf-8") as target:
+                target.write(rows)
+    return summary
+
+
 def generate_demo(out_dir: Path, n_subjects: int = 200, seed: int = 0, image_size: int = 64,
-                  slices: tuple[int, int] = (8, 16)) -> dict:
-    """Write the demo export under out_dir; return counts per modality and the label balance per task."""
+                  slices: tuple[int, int] = (8, 16), unlabeled: int = 0) -> dict:
+    """Write the demo export under out_dir; return counts per modality and the label balance per task.
+
+    `unlabeled` more subjects get exports but no label rows (data for the pretrain stage); the labelled
+    subjects' files are the same with or without them (the EHR CSVs only gain rows at their end)."""
     if n_subjects < 2:
         raise ValueError(f"n_subjects must be at least 2, got {n_subjects}")
     if image_size < 8:
@@ -462,7 +502,13 @@ def generate_demo(out_dir: Path, n_subjects: int = 200, seed: int = 0, image_siz
         positives = sum(row[1] for row in rows)
         summary["labels"][task] = {"n": n_subjects, "positive": positives,
                                    "positive_fraction": round(positives / n_subjects, 4)}
-    (out / "identifiers.json").write_text(json.dumps(identifiers(subjects, seed), indent=1) + "\n")
+    found = identifiers(subjects, seed)
+    if unlabeled:
+        pool = plan_unlabeled(unlabeled, subjects, seed, image_size, slices)
+        summary["unlabeled"] = {"subjects": unlabeled, **write_unlabeled(pool, out, seed, image_size)}
+        more = identifiers(pool, seed + POOL_SEED_OFFSET)
+        found = {kind: sorted(set(values) | set(more[kind])) for kind, values in found.items()}
+    (out / "identifiers.json").write_text(json.dumps(found, indent=1) + "\n")
     return summary
 
 
