@@ -37,7 +37,7 @@ def variant_rows(metrics: dict) -> list[list[str]]:
         rows.append([name, c.get("kind", "declared"), "; ".join(c.get("changes") or []) or "nothing stated",
                      _number(auroc.get("other")), _number(auroc.get("model")), _number(difference.get("value"), True),
                      f"{_number(ci[0], True)}\u00a0to\u00a0{_number(ci[1], True)}",  # no line break inside a CI
-                     format_p(c.get("p_value")).removeprefix("p "),
+                     format_p(c.get("p_value")).removeprefix("p ").removeprefix("= "),
                      verdict_word(c), str(c.get("n_subjects", "n/a"))])
     return rows
 
