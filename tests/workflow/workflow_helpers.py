@@ -30,6 +30,7 @@ def tiny_config(raw: Path) -> dict:
     for name, task in config["tasks"].items():
         task["model"] = {"init": dict(tiny), **({"pretrained": True} if name in TINY_PRETRAINED else {})}
         task["finetune"].update(epochs=1, patience=1, batch_size=8, max_rows_per_bag=2)
+        task.pop("variants", None)  # the demo's `fresh` comparisons would double the training jobs
     # the fusion task's six automatic ablations would double the run: tests that want them turn them on
     config["tasks"]["composite_risk"]["ablations"] = False
     # Two modalities pretrained (a few steps each) keep the run short and still show the DAG's dependency.
