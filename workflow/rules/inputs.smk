@@ -4,9 +4,13 @@ from mmhealth.core.tokenizer_binding import task_token_views, tokenizer_view  # 
 # Which tokenised view of each modality each task reads: the pipeline's own (None), or the view of the
 # tokenizer its pretrained encoder needs (scripts/mmhealth/core/tokenizer_binding.py); a task fine-tuning
 # from this run's pretraining reads the view that pretraining read.
+PRETRAIN_INIT = {m: (config["pretrain"].get(m) or {}).get("init_from") for m in PRETRAINED}
+# The view each pretraining reads: that of its `init_from` checkpoint's own tokenizer, else the pipeline's.
+PRETRAIN_VIEWS = {m: init and tokenizer_view(config, m, init, f"pretrain.{m}.init_from")
+                  for m, init in PRETRAIN_INIT.items()}
 TOKEN_VIEWS = task_token_views(
     config, {t: model_dir(t) for t in MODELS}, RESULTS,
-    produced={pretrained_dir(m): {m: (config["pretrain"].get(m) or {}).get("init_from")} for m in PRETRAINED},
+    produced={pretrained_dir(m): {m: init} for m, init in PRETRAIN_INIT.items()},
     specs={t: {**task_spec(t), "model": effective_model(t)} for t in MODELS},
 )
 
@@ -214,11 +218,6 @@ def training_log_of(wildcards, input):
     return str(Path(input.model) / "training.jsonl")
 
 
-def task_spec_json(wildcards, key):
-    return as_json(task_spec(wildcards.task).get(key, {}))
-
-
-
 def labels_file(wildcards):
     return config["tasks"][wildcards.task]["labels"]
 
@@ -232,9 +231,7 @@ def model_params(wildcards):
 
 
 def pretrain_view(modality):
-    """The view a pretraining reads: that of its `init_from` checkpoint's own tokenizer, else the pipeline's."""
-    init_from = (config["pretrain"].get(modality) or {}).get("init_from")
-    return init_from and tokenizer_view(config, modality, init_from, f"pretrain.{modality}.init_from")
+    return PRETRAIN_VIEWS.get(modality)
 
 
 def pretrain_shard_map(modality):

@@ -25,34 +25,30 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mmhealth.core.pseudonym import load_or_create_salt, shard_of, subject_pseudonym, unit_interval
-from mmhealth.ingest import ehr_csv
 from mmhealth.ingest.raw_index import write_if_changed
 from mmhealth.split.assignment import read_assignment, state_text
 from mmhealth.split.subject_split import SPLITS, split_of
+from mmhealth.split.task_labels import LabelFileError, read_label_file
 
 log = logging.getLogger("stratify")
 Strata = dict[int, frozenset[tuple[str, str]]]  # subject -> its (task, class) pairs
 
 
 def label_strata(label_files: Mapping[str, str | os.PathLike], key: bytes) -> Strata:
-    """Each labelled subject's (task, class) pairs, read with the workflow's one CSV reader.
+    """Each labelled subject's (task, class) pairs, read as the `task_labels` job reads the files.
 
-    A file that is missing or unreadable, a row without a subject id or a label, is skipped here: the
-    task's `task_labels` job reports it naming the file and line.
+    A file that is missing or that job would refuse, and a row without a subject id or a label, is skipped
+    here: the task's `task_labels` job reports it naming the file and line.
     """
     pairs: dict[int, set[tuple[str, str]]] = defaultdict(set)
     for task, path in sorted(label_files.items()):
         try:
-            header, rows = ehr_csv.read_csv(path, "utf-8")
-            if not {"subject_id", "label"} <= set(header):
-                continue
-            at_subject, at_label = header.index("subject_id"), header.index("label")
-            for row in rows:
-                subject, label = row.cells[at_subject].strip(), row.cells[at_label].strip()
-                if subject and label and not row.problems:
-                    pairs[subject_pseudonym(subject, key)].add((task, label))
-        except (OSError, ehr_csv.CsvFileError):
+            frame = read_label_file(str(path))
+        except (OSError, LabelFileError):
             continue
+        for subject, label in zip(frame["subject_id"].str.strip(), frame["label"].str.strip(), strict=True):
+            if subject and label:
+                pairs[subject_pseudonym(subject, key)].add((task, label))
     return {subject: frozenset(found) for subject, found in pairs.items()}
 
 
